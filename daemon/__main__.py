@@ -1,0 +1,5 @@
+"""python -m daemon: the mastmirror command."""
+
+from daemon.cli import main
+
+main()

@@ -1,0 +1,150 @@
+"""The ``mastmirror`` command: a thin shell over functions the tests call directly.
+
+Exit codes: 0 success, 1 the work failed (for example MAST did not answer during
+``run --once``), 2 bad usage or configuration, 3 another daemon holds the database.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from daemon import __version__, logs
+from daemon.config import Config, ConfigError, find_config, load_config
+from daemon.lock import AlreadyRunning, InstanceLock
+
+EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 1, 2, 3
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"mastmirror: error: {message}", err=True)
+    sys.exit(code)
+
+
+class _Ctx:
+    def __init__(self, config_arg: str | None) -> None:
+        self.config_arg = config_arg
+        self._config: Config | None = None
+        self.path: Path | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            try:
+                self.path = find_config(self.config_arg)
+                self._config = load_config(self.path)
+            except ConfigError as exc:
+                _fail(str(exc), EXIT_CONFIG)
+            logs.configure(self._config.log.level, self._config.log.format)
+        return self._config
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_arg", metavar="PATH", envvar=None,
+              help="config.toml (default: ./config.toml, then $MASTMIRROR_CONFIG, then "
+                   "/etc/mastmirror/config.toml)")
+@click.version_option(__version__, prog_name="mastmirror")
+@click.pass_context
+def main(ctx: click.Context, config_arg: str | None) -> None:
+    """Keep SEP source catalogs of every public HST WFC3/IR exposure in MAST."""
+    ctx.obj = _Ctx(config_arg)
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="One poll, dispatch everything new, wait for the "
+              "results, reconcile, exit.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bars (default: on a terminal).")
+@click.pass_obj
+def run(obj: _Ctx, once: bool, progress: bool | None) -> None:
+    """Run the daemon (or one full cycle with --once)."""
+    from daemon.service import Service
+
+    config = obj.config
+    service = Service(config, config_path=obj.path)
+    try:
+        service.open()
+    except AlreadyRunning as exc:
+        _fail(str(exc), EXIT_LOCKED)
+    try:
+        if once:
+            show = sys.stderr.isatty() if progress is None else progress
+            summary = service.run_once(progress=show)
+            _print_cycle(summary)
+            code = 0 if summary.ok else EXIT_FAILED
+        else:
+            code = service.run_forever()
+    finally:
+        service.close()
+    sys.exit(code)
+
+
+def _print_cycle(summary: Any) -> None:
+    c = summary.counts
+    poll = summary.poll
+    head = (f"poll: {poll.new} new in {poll.windows} window(s), {poll.observations} "
+            "observations" if poll and poll.ok else
+            f"poll: FAILED ({poll.error if poll else 'not run'})")
+    click.echo(head)
+    click.echo(f"this cycle: {summary.dispatched} dispatched, {summary.done} done, "
+               f"{summary.failed} failed in {summary.seconds:.1f} s")
+    click.echo(f"datasets: {c['done']} done, {c['failed']} failed, {c['new']} new, "
+               f"{c['dispatched']} in flight, {c['total']} total")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status(obj: _Ctx, as_json: bool) -> None:
+    """What the mirror holds and what the daemon is doing."""
+    doc = status_document(obj.config)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    from rich.console import Console
+
+    from daemon.status import render
+
+    render(doc, Console())
+
+
+def status_document(config: Config) -> dict[str, Any]:
+    """The status document for a configuration (the database must exist)."""
+    from daemon.status import to_dict
+    from state.store import StateStore
+
+    try:
+        store = StateStore(config.state_path, create=False)
+    except FileNotFoundError as exc:
+        _fail(str(exc), EXIT_FAILED)
+    with store:
+        snap = store.snapshot()
+    return to_dict(snap, daemon_pid=InstanceLock(config.state_path).holder())
+
+
+@main.command()
+@click.argument("obs_ids", nargs=-1)
+@click.pass_obj
+def retry(obj: _Ctx, obs_ids: tuple[str, ...]) -> None:
+    """Put failed datasets (all, or the OBS_IDS given) back to new."""
+    from state.store import StateStore
+
+    try:
+        store = StateStore(obj.config.state_path, create=False)
+    except FileNotFoundError as exc:
+        _fail(str(exc), EXIT_FAILED)
+    with store:
+        moved = store.retry_failed(list(obs_ids) if obs_ids else None)
+    missing = sorted(set(obs_ids) - set(moved))
+    click.echo(f"{len(moved)} dataset(s) back to new" + (f": {', '.join(moved)}" if
+                                                        0 < len(moved) <= 20 else ""))
+    if missing:
+        _fail(f"not failed (or unknown): {', '.join(missing)}", EXIT_FAILED)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

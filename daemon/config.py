@@ -1,0 +1,317 @@
+"""Load and validate ``config.toml``.
+
+Every key has a default equal to the documented ``config.toml`` at the top of the repository,
+so a file only needs the keys it changes. Validation happens once, at start (and on SIGHUP):
+an unknown key, a wrong type or an impossible value stops the program with a message that
+names the file, the key and what is expected.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SEARCH_ENV = "MASTMIRROR_CONFIG"
+SYSTEM_PATH = Path("/etc/mastmirror/config.toml")
+
+# S3 bucket naming rules (the subset that matters: length, charset, no leading/trailing dot/dash).
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_LAMBDA_NAME_RE = re.compile(
+    r"^[A-Za-z0-9_-]{1,64}$"
+    r"|^arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:function:[A-Za-z0-9_-]{1,64}(:[A-Za-z0-9$_-]+)?$")
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message says where and why."""
+
+
+class _Section(BaseModel):
+    # strict: TOML already has real types, so "2" for an integer is a mistake worth reporting.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+def _check_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http:// or https:// URL such as https://mast.stsci.edu")
+    return value.rstrip("/")
+
+
+class MastSection(_Section):
+    """``[mast]``: where and what to discover."""
+
+    url: str = "https://mast.stsci.edu"
+    collection: Annotated[str, Field(min_length=1)] = "HST"
+    instrument: Annotated[str, Field(min_length=1)] = "WFC3/IR"
+    product: Annotated[str, Field(pattern=r"^[A-Z0-9_]{2,12}$")] = "FLT"
+    since: Annotated[dt.date, Field(strict=False)] = dt.date(2009, 6, 1)
+    window_days: Annotated[float, Field(gt=0, le=3660)] = 30.0
+    overlap_days: Annotated[float, Field(ge=0, le=365)] = 3.0
+    batch: Annotated[int, Field(ge=1, le=20000)] = 2000
+    timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 300.0
+
+    _url = field_validator("url")(_check_http_url)
+
+
+class ArchiveSection(_Section):
+    """``[archive]``: the bucket that holds the exposures."""
+
+    bucket: str = "stpubdata"
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, value: str) -> str:
+        if value.startswith("file://"):
+            if not Path(urlsplit(value).path).is_absolute():
+                raise ValueError("a file:// archive must be an absolute path, file:///abs/dir")
+            return value.rstrip("/")
+        if not _BUCKET_RE.match(value):
+            raise ValueError("must be an S3 bucket name (3-63 of a-z 0-9 . -) or file:///abs/dir")
+        return value
+
+
+class OutputSection(_Section):
+    """``[output]``: where catalogs and error markers go."""
+
+    url: Annotated[str, Field(min_length=1)] = "catalogs"
+
+
+class ExecutorSection(_Section):
+    """``[executor]``: who runs the extraction, and the retry policy."""
+
+    kind: Literal["local", "lambda"] = "local"
+    concurrency: Annotated[int, Field(ge=1, le=10000)] = 2
+    max_in_flight: Annotated[int, Field(ge=0, le=100000)] = 0
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    timeout_seconds: Annotated[float, Field(gt=0, le=86400)] = 900.0
+    retry_backoff_seconds: Annotated[float, Field(ge=0, le=86400)] = 30.0
+    function: str = "mastmirror-sep"
+
+    @field_validator("function")
+    @classmethod
+    def _function(cls, value: str) -> str:
+        if not _LAMBDA_NAME_RE.match(value):
+            raise ValueError("must be a Lambda function name (A-Z a-z 0-9 _ -, up to 64) "
+                             "or its ARN")
+        return value
+
+    @property
+    def in_flight_limit(self) -> int:
+        """How many datasets may be dispatched and unfinished at once."""
+        if self.max_in_flight:
+            return self.max_in_flight
+        # A local pool gets a short queue so a worker never waits; Lambda gets its concurrency.
+        return self.concurrency * 2 if self.kind == "local" else self.concurrency
+
+
+class LambdaSection(_Section):
+    """``[lambda]``: how ``mastmirror lambda build|deploy|policy`` shape the function."""
+
+    runtime: Annotated[str, Field(pattern=r"^python3\.(1[2-9]|[2-9]\d)$")] = "python3.12"
+    architecture: Literal["arm64", "x86_64"] = "arm64"
+    memory_mb: Annotated[int, Field(ge=128, le=10240)] = 1024
+    timeout_seconds: Annotated[int, Field(ge=1, le=900)] = 60
+    role_arn: str = ""
+    bundle: str = "build/mastmirror-sep.zip"
+    async_retries: Annotated[int, Field(ge=0, le=2)] = 0
+    max_event_age_seconds: Annotated[int, Field(ge=60, le=21600)] = 21600
+    log_retention_days: Annotated[int, Field(ge=1, le=3653)] = 30
+    # Added for `lambda deploy` and the daemon's invocations (daemon.lambda_invoke).
+    reserved_concurrency: Annotated[int, Field(ge=0, le=100000)] = 0
+    code_s3: Annotated[str, Field(pattern=r"^$|^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")] = ""
+    invoke_threads: Annotated[int, Field(ge=1, le=1024)] = 32
+    invoke_processes: Annotated[int, Field(ge=1, le=64)] = 2
+    invoke_retry_mode: Literal["standard", "adaptive"] = "adaptive"
+    invoke_max_attempts: Annotated[int, Field(ge=1, le=20)] = 6
+
+
+class StateSection(_Section):
+    """``[state]``: the SQLite database."""
+
+    path: Annotated[str, Field(min_length=1)] = "mastmirror.db"
+
+
+class ScheduleSection(_Section):
+    """``[schedule]``: how often each job runs."""
+
+    poll_minutes: Annotated[float, Field(gt=0, le=10080)] = 60.0
+    reconcile_seconds: Annotated[float, Field(gt=0, le=86400)] = 30.0
+    dispatch_seconds: Annotated[float, Field(gt=0, le=86400)] = 5.0
+
+
+class LogSection(_Section):
+    """``[log]``: verbosity and rendering."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Config(_Section):
+    """The whole validated configuration. Paths are absolute (resolved against the file)."""
+
+    mast: MastSection = MastSection()
+    archive: ArchiveSection = ArchiveSection()
+    output: OutputSection = OutputSection()
+    executor: ExecutorSection = ExecutorSection()
+    lambda_: LambdaSection = Field(default=LambdaSection(), alias="lambda")
+    state: StateSection = StateSection()
+    schedule: ScheduleSection = ScheduleSection()
+    log: LogSection = LogSection()
+    sep: dict[str, Any] = Field(default_factory=dict)
+    source: str = "<defaults>"
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def state_path(self) -> Path:
+        """The database file."""
+        return Path(self.state.path)
+
+    @property
+    def output_url(self) -> str:
+        """The output store as a URL (``file:///abs/dir`` or ``s3://bucket/prefix``)."""
+        return self.output.url
+
+
+def find_config(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str] = os.environ,
+                cwd: Path | None = None) -> Path:
+    """Pick the config file: ``--config``, then ./config.toml, $MASTMIRROR_CONFIG, /etc/mastmirror.
+
+    An explicit path that does not exist is an error (it names that path); otherwise the
+    first file that exists wins, and none existing is an error listing where it looked.
+    """
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found (given with --config)")
+        return path
+    candidates = [(cwd or Path.cwd()) / "config.toml"]
+    if environ.get(SEARCH_ENV):
+        candidates.append(Path(environ[SEARCH_ENV]))
+    candidates.append(SYSTEM_PATH)
+    for path in candidates:
+        if path.is_file():
+            return path
+    looked = ", ".join(str(p) for p in candidates)
+    raise ConfigError(f"no config file found (looked for {looked}); pass --config PATH")
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, validate and resolve one config file; raise ConfigError naming file and key."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return config_from_dict(raw, source=path)
+
+
+def config_from_dict(raw: Mapping[str, Any], *, source: str | os.PathLike[str] = "<defaults>",
+                     base_dir: Path | None = None) -> Config:
+    """Validate a parsed TOML document; relative paths resolve against ``source``'s folder."""
+    src = Path(source)
+    base = base_dir or (src.resolve().parent if str(source) != "<defaults>" else Path.cwd())
+    unknown = sorted(set(raw) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown section [{unknown[0]}]; expected one of "
+            + ", ".join(f"[{s}]" for s in _SECTIONS))
+    for name, value in raw.items():
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: [{name}] must be a table (a [{name}] section), "
+                              f"not {type(value).__name__}")
+    try:
+        config = Config.model_validate({**raw, "source": str(source)})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+    sep_params = _validate_sep(raw.get("sep", {}), source)
+    return config.model_copy(update={
+        "state": config.state.model_copy(update={"path": str(_resolve(config.state.path, base))}),
+        "output": config.output.model_copy(update={"url": _output_url(config.output.url, base,
+                                                                        source)}),
+        "lambda_": config.lambda_.model_copy(
+            update={"bundle": str(_resolve(config.lambda_.bundle, base))}),
+        "sep": sep_params,
+    })
+
+
+_SECTIONS = ("mast", "archive", "output", "executor", "lambda", "state", "schedule", "log", "sep")
+
+
+def _resolve(value: str, base: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _output_url(value: str, base: Path, source: str | os.PathLike[str]) -> str:
+    parts = urlsplit(value)
+    if parts.scheme == "s3":
+        if not _BUCKET_RE.match(parts.netloc):
+            raise ConfigError(f"{source}: [output] url = {value!r}: the bucket "
+                              f"{parts.netloc!r} is not a valid S3 bucket name")
+        prefix = parts.path.strip("/")
+        if ".." in prefix.split("/"):
+            raise ConfigError(f"{source}: [output] url = {value!r}: '..' is not allowed")
+        return f"s3://{parts.netloc}/{prefix}".rstrip("/")
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not Path(parts.path).is_absolute():
+            raise ConfigError(f"{source}: [output] url = {value!r}: a file URL must be "
+                              "file:///absolute/dir")
+        return "file://" + str(Path(parts.path).resolve())
+    if parts.scheme:
+        raise ConfigError(f"{source}: [output] url = {value!r}: expected a directory, "
+                          "file:///abs/dir or s3://bucket/prefix")
+    return "file://" + str(_resolve(value, base))
+
+
+def _validate_sep(raw: Any, source: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check ``[sep]`` against the extraction's own parameter schema (one source of truth)."""
+    from lambda_sep.extract import SepParams  # the function owns its parameters
+
+    try:
+        return SepParams.from_dict(dict(raw)).to_dict()
+    except ValueError as exc:
+        raise ConfigError(f"{source}: [sep] {exc}") from None
+
+
+def _describe(exc: ValidationError, source: str | os.PathLike[str]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        section = loc[0] if loc else "?"
+        key = ".".join(loc[1:])
+        where = f"[{section}] {key}" if key else f"[{section}]"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(section)
+            lines.append(f"{source}: {where}: unknown key; expected one of: {allowed}")
+            continue
+        got = err.get("input")
+        lines.append(f"{source}: {where} = {got!r}: {_expected(err)}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(section: str) -> str:
+    model = Config.model_fields.get("lambda_" if section == "lambda" else section)
+    annotation = getattr(model, "annotation", None)
+    fields = getattr(annotation, "model_fields", {})
+    return ", ".join(fields) or "(none)"
+
+
+def _expected(err: Mapping[str, Any]) -> str:
+    """Turn pydantic's wording into 'what is expected'."""
+    msg = str(err["msg"])
+    if msg.startswith("Value error, "):
+        return msg.removeprefix("Value error, ")
+    return msg[0].lower() + msg[1:]

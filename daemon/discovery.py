@@ -1,0 +1,185 @@
+"""Discovery: walk release windows, turn MAST products into datasets, move the cursor.
+
+On an empty database the walk starts at ``mast.since`` and steps ``window_days`` at a time
+to now, so the first run is the backfill; later polls start ``overlap_days`` before the
+cursor, which catches exposures MAST lists late. Each window is recorded (its datasets and
+the cursor) in one transaction, only after every page of its answers arrived, so a failure
+part-way leaves the cursor at the last complete window.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import structlog
+
+from daemon.config import MastSection
+from daemon.mast import MastClient, MastError, Observation, Product
+from state.store import Discovered, Rejected, StateStore
+
+log = structlog.get_logger("mastmirror.discovery")
+
+_MJD_UNIX_EPOCH = 40587.0
+_NAME_RE = re.compile(r"^(?P<dataset>[a-z0-9]{9})_(?P<suffix>[a-z0-9]{3,8})\.fits$")
+_MAX_NAME = 64
+
+
+def mjd(when: float | dt.date | dt.datetime) -> float:
+    """Modified Julian Date of a Unix time, a date (at 00:00 UTC) or a datetime."""
+    if isinstance(when, dt.datetime):
+        when = when.replace(tzinfo=when.tzinfo or dt.UTC).timestamp()
+    elif isinstance(when, dt.date):
+        when = dt.datetime(when.year, when.month, when.day, tzinfo=dt.UTC).timestamp()
+    return float(when) / 86400.0 + _MJD_UNIX_EPOCH
+
+
+def mjd_to_iso(value: float) -> str:
+    """ISO 8601 UTC (seconds) of an MJD."""
+    unix = (value - _MJD_UNIX_EPOCH) * 86400.0
+    return dt.datetime.fromtimestamp(unix, dt.UTC).isoformat(timespec="seconds")
+
+
+def archive_key(filename: str) -> tuple[str, str]:
+    """(dataset, key in the archive bucket) of an HST product file name.
+
+    ``icxe15wwq_flt.fits`` -> ``("icxe15wwq", "hst/public/icxe/icxe15wwq/icxe15wwq_flt.fits")``.
+    Anything that is not a plain HST file name (path parts, odd characters, too long) raises
+    ValueError with the reason: such a name never becomes a key.
+    """
+    if not filename:
+        raise ValueError("empty product file name")
+    if len(filename) > _MAX_NAME:
+        raise ValueError(f"product file name is {len(filename)} characters long")
+    if not filename.isascii() or not filename.isprintable():
+        raise ValueError("product file name has non-ASCII or control characters")
+    if "/" in filename or "\\" in filename or filename.startswith("."):
+        raise ValueError("product file name has path components")
+    name = filename.lower()
+    m = _NAME_RE.match(name)
+    if not m:
+        raise ValueError("not an HST dataset file name (ipppssoot_sfx.fits)")
+    dataset = m["dataset"]
+    return dataset, f"hst/public/{dataset[:4]}/{dataset}/{name}"
+
+
+@dataclass
+class WindowFinds:
+    """What one window yielded."""
+
+    datasets: list[Discovered]
+    rejected: list[Rejected]
+    observations: int
+    products: int
+
+
+def select_products(observations: Iterable[Observation], products: Iterable[Product],
+                    product: str) -> WindowFinds:
+    """Keep the ``product`` files (FLT, DRZ...), one dataset each, with a release date."""
+    release = {o.obsid: o.release_mjd for o in observations}
+    wanted = product.upper()
+    found: dict[str, Discovered] = {}
+    rejected: dict[str, Rejected] = {}
+    n_products = 0
+    for p in products:
+        n_products += 1
+        if p.subgroup.upper() != wanted:
+            continue
+        try:
+            dataset, key = archive_key(p.filename)
+        except ValueError as exc:
+            name = p.filename if len(p.filename) <= 200 else p.filename[:200] + "..."
+            rejected[name] = Rejected(name, str(exc))
+            continue
+        when = release.get(p.parent_obsid, release.get(p.obsid))
+        if when is None:
+            continue  # a product of an observation outside this window: its own window has it
+        prior = found.get(dataset)
+        if prior is None or when < prior.release_mjd:
+            found[dataset] = Discovered(dataset, key, when, p.obs_id or dataset)
+    n_obs = len(release)
+    return WindowFinds(list(found.values()), list(rejected.values()), n_obs, n_products)
+
+
+@dataclass
+class PollOutcome:
+    """The result of one discovery run."""
+
+    poll_id: int
+    kind: str
+    ok: bool
+    windows: int = 0
+    observations: int = 0
+    products: int = 0
+    new: int = 0
+    rejected: int = 0
+    error: str | None = None
+    cursor_mjd: float | None = None
+    new_ids: list[str] = field(default_factory=list)
+
+
+def windows(start: float, end: float, step: float) -> list[tuple[float, float]]:
+    """Consecutive [lo, hi] windows covering start..end."""
+    out = []
+    lo = start
+    while lo < end:
+        hi = min(lo + step, end)
+        out.append((lo, hi))
+        lo = hi
+    return out
+
+
+def poll(store: StateStore, client: MastClient, mast: MastSection, *,
+         now: float | None = None,
+         progress: Callable[[int, int, PollOutcome], None] | None = None) -> PollOutcome:
+    """One discovery run: every window from the cursor (or ``since``) to now.
+
+    MAST trouble is recorded on the poll and returned, never raised: the daemon keeps
+    running and the next poll starts again from the cursor.
+    """
+    now = time.time() if now is None else now
+    cursor = store.cursor()
+    if cursor is None:
+        kind, start = "backfill", mjd(mast.since)
+    else:
+        kind, start = "poll", max(cursor - mast.overlap_days, mjd(mast.since))
+    end = mjd(now)
+    poll_id = store.begin_poll(kind, start, now=now)
+    out = PollOutcome(poll_id=poll_id, kind=kind, ok=True, cursor_mjd=cursor)
+    plan = windows(start, end, mast.window_days)
+    log.info("poll started", poll_id=poll_id, kind=kind, since=mjd_to_iso(start),
+             until=mjd_to_iso(end), windows=len(plan))
+    for i, (lo, hi) in enumerate(plan):
+        try:
+            obs = client.observations(lo, hi)
+            products = list(client.products([o.obsid for o in obs])) if obs else []
+        except MastError as exc:
+            out.ok, out.error = False, str(exc)
+            log.error("poll failed", poll_id=poll_id, window=[mjd_to_iso(lo), mjd_to_iso(hi)],
+                      error=str(exc), cursor=mjd_to_iso(out.cursor_mjd) if out.cursor_mjd else None)
+            break
+        finds = select_products(obs, products, mast.product)
+        new = store.record_window(poll_id, hi, finds.datasets, observations=finds.observations,
+                                  products=finds.products, rejected=finds.rejected)
+        out.windows += 1
+        out.observations += finds.observations
+        out.products += finds.products
+        out.new += new
+        out.rejected += len(finds.rejected)
+        out.cursor_mjd = hi
+        for r in finds.rejected:
+            log.warning("product refused", poll_id=poll_id, name=r.name, reason=r.reason)
+        if new:
+            log.debug("window recorded", poll_id=poll_id, window=[mjd_to_iso(lo), mjd_to_iso(hi)],
+                      observations=finds.observations, new=new)
+        if progress:
+            progress(i + 1, len(plan), out)
+    store.finish_poll(poll_id, ok=out.ok, error=out.error)
+    if out.ok:
+        log.info("poll finished", poll_id=poll_id, kind=kind, windows=out.windows,
+                 observations=out.observations, new=out.new, rejected=out.rejected,
+                 cursor=mjd_to_iso(out.cursor_mjd) if out.cursor_mjd else None)
+    return out

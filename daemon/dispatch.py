@@ -1,0 +1,92 @@
+"""Dispatch: new -> dispatched, one event per dataset, within the in-flight bound.
+
+Datasets are marked dispatched (one transaction per batch) *before* the events leave, so a
+crash in between costs a timeout and a second invocation, never a lost dataset. An event
+that never reached the function (throttled past every retry, no network) is put back
+without counting an attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from daemon.config import Config
+from daemon.executors import Executor
+from state.store import DatasetRow, StateStore
+
+log = structlog.get_logger("mastmirror.dispatch")
+
+
+def make_event(row: DatasetRow, config: Config) -> dict[str, Any]:
+    """The event for one dataset: the same dict for the local pool and for Lambda."""
+    return {
+        "obs_id": row.obs_id,
+        "input": {"bucket": config.archive.bucket, "key": row.input_key},
+        "output": config.output_url,
+        "sep": dict(config.sep),
+        "attempt": row.dispatches,
+    }
+
+
+def handler_env(config: Config) -> dict[str, str]:
+    """The environment the function needs: its allow-lists (also set on the Lambda)."""
+    return {"MASTMIRROR_ALLOWED_BUCKETS": config.archive.bucket,
+            "MASTMIRROR_ALLOWED_OUTPUTS": config.output_url}
+
+
+@dataclass
+class DispatchOutcome:
+    """What one dispatch run did."""
+
+    sent: int = 0
+    returned: int = 0
+    in_flight: int = 0
+
+
+def dispatch(store: StateStore, executor: Executor, config: Config, *, run_id: str,
+             batch: int = 500, limit: int | None = None) -> DispatchOutcome:
+    """Send new datasets until the in-flight bound (or ``limit``) is reached or none remain."""
+    out = DispatchOutcome()
+    bound = config.executor.in_flight_limit
+    while True:
+        room = bound - store.count_in_flight()
+        if limit is not None:
+            room = min(room, limit - out.sent)
+        if room <= 0:
+            break
+        rows = store.claim_new(min(room, batch), executor=executor.kind, run_id=run_id)
+        if not rows:
+            break
+        events = [make_event(r, config) for r in rows]
+        results = executor.submit(events)
+        ok = [(s.obs_id, s.request_id, s.dispatch) for s in results if s.error is None]
+        if ok:
+            store.set_request_ids((o, r or "", d) for o, r, d in ok)
+        for s in results:
+            if s.error is None:
+                log.info("dispatched", obs_id=s.obs_id, attempt=s.dispatch,
+                         request_id=s.request_id, executor=executor.kind)
+        failed = [s for s in results if s.error is not None]
+        if failed:
+            back = store.unclaim([(s.obs_id, s.dispatch) for s in failed],
+                                 reason=failed[0].error or "not sent")
+            for s in failed:
+                log.warning("not dispatched", obs_id=s.obs_id, attempt=s.dispatch, error=s.error)
+            out.returned += len(back)
+        out.sent += len(ok)
+        if failed:
+            break  # the executor is refusing work; try again on the next run
+    out.in_flight = store.count_in_flight()
+    return out
+
+
+def unsent(store: StateStore, events: list[Mapping[str, Any]], reason: str) -> int:
+    """Put back events an executor accepted but never started (at shutdown)."""
+    back = store.unclaim([(e["obs_id"], int(e["attempt"])) for e in events], reason=reason)
+    for t in back:
+        log.info("requeued", obs_id=t.obs_id, reason=reason)
+    return len(back)

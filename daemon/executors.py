@@ -1,0 +1,180 @@
+"""Executors: who runs ``lambda_sep.handler.handler`` on an event.
+
+``LocalExecutor`` runs it in a process pool on this machine with exactly the event a
+Lambda would get; ``daemon.lambda_invoke.LambdaExecutor`` sends it to AWS Lambda. Both
+satisfy ``Executor``. Neither decides a dataset's state: the reconciler reads the output
+store. The local pool can add one thing the output store cannot say: that a worker
+process died (killed, out of memory) before it wrote anything.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+log = structlog.get_logger("mastmirror.executor")
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """The fate of one event handed to an executor."""
+
+    obs_id: str
+    dispatch: int
+    request_id: str | None
+    error: str | None = None  # set when the event never reached the function
+
+
+@dataclass(frozen=True)
+class Lost:
+    """An invocation that ended without a result in the output store (a dead worker)."""
+
+    obs_id: str
+    dispatch: int
+    reason: str
+
+
+class Executor(Protocol):
+    """What dispatch and the service need from an executor."""
+
+    kind: str
+
+    def submit(self, events: Sequence[Mapping[str, Any]]) -> list[Submitted]:
+        """Hand the events over; one Submitted per event, in order."""
+        ...
+
+    def drain_lost(self) -> list[Lost]:
+        """Invocations known to have died without writing a result, since the last call."""
+        ...
+
+    def close(self, *, timeout_s: float = 30.0) -> list[Mapping[str, Any]]:
+        """Stop; return the events that were accepted but never started."""
+        ...
+
+
+class LocalContext:
+    """The parts of Lambda's context object the handler uses."""
+
+    def __init__(self, request_id: str, timeout_s: float, memory_mb: int = 0) -> None:
+        self.aws_request_id = request_id
+        self.function_name = "mastmirror-local"
+        self.memory_limit_in_mb = memory_mb
+        self._deadline = time.monotonic() + timeout_s
+
+    def get_remaining_time_in_millis(self) -> int:
+        """Milliseconds until the configured timeout."""
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+def _worker_init(env: Mapping[str, str]) -> None:
+    os.environ.update(env)
+    # Import the function once per worker, as a warm Lambda container would have it.
+    import lambda_sep.handler  # noqa: F401
+
+
+def _run(event: Mapping[str, Any], request_id: str, timeout_s: float) -> dict[str, Any]:
+    from lambda_sep.handler import handler
+
+    return handler(dict(event), LocalContext(request_id, timeout_s))
+
+
+class LocalExecutor:
+    """A pool of ``concurrency`` worker processes running the handler."""
+
+    kind = "local"
+
+    def __init__(self, concurrency: int, *, env: Mapping[str, str], timeout_s: float,
+                 on_result: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.concurrency = concurrency
+        self._env = dict(env)
+        self._timeout_s = timeout_s
+        self._on_result = on_result
+        self._lock = threading.Lock()
+        self._lost: list[Lost] = []
+        self._pending: dict[cf.Future[dict[str, Any]], Mapping[str, Any]] = {}
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> cf.ProcessPoolExecutor:
+        # spawn: the daemon runs scheduler threads, and forking a threaded process is unsafe.
+        return cf.ProcessPoolExecutor(max_workers=self.concurrency,
+                                      mp_context=multiprocessing.get_context("spawn"),
+                                      initializer=_worker_init, initargs=(self._env,))
+
+    def submit(self, events: Sequence[Mapping[str, Any]]) -> list[Submitted]:
+        """Queue events on the pool; request ids are generated here, as Lambda would."""
+        out = []
+        for event in events:
+            request_id = str(uuid.uuid4())
+            with self._lock:
+                try:
+                    fut = self._pool.submit(_run, event, request_id, self._timeout_s)
+                except (BrokenProcessPool, RuntimeError) as exc:
+                    self._pool = self._new_pool()
+                    out.append(Submitted(event["obs_id"], event["attempt"], None,
+                                         f"local pool unavailable: {exc}"))
+                    continue
+                self._pending[fut] = event
+            fut.add_done_callback(self._done)
+            out.append(Submitted(event["obs_id"], event["attempt"], request_id))
+        return out
+
+    def _done(self, fut: cf.Future[dict[str, Any]]) -> None:
+        with self._lock:
+            event = self._pending.pop(fut, None)
+        if event is None or fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            if self._on_result:
+                self._on_result(fut.result())
+            return
+        # The handler catches its own errors, so an exception here means the worker died.
+        reason = f"local worker died: {type(exc).__name__}: {exc}"
+        log.error("invocation lost", obs_id=event["obs_id"], attempt=event["attempt"],
+                  reason=reason)
+        with self._lock:
+            self._lost.append(Lost(event["obs_id"], event["attempt"], reason))
+            if isinstance(exc, BrokenProcessPool) and not getattr(self._pool, "_mm_closed", False):
+                self._pool = self._new_pool()
+
+    def drain_lost(self) -> list[Lost]:
+        """Invocations whose worker died, since the last call."""
+        with self._lock:
+            lost, self._lost = self._lost, []
+        return lost
+
+    def busy(self) -> int:
+        """Events queued or running."""
+        with self._lock:
+            return len(self._pending)
+
+    def close(self, *, timeout_s: float = 30.0) -> list[Mapping[str, Any]]:
+        """Cancel what has not started, give running work ``timeout_s`` to finish, then stop.
+
+        Work still running after the bound is abandoned (its workers are terminated); its
+        datasets stay dispatched and the next daemon requeues them.
+        """
+        with self._lock:
+            pool = self._pool
+            pool._mm_closed = True  # type: ignore[attr-defined]
+            pending = dict(self._pending)
+        never_started = [ev for fut, ev in pending.items() if fut.cancel()]
+        running = [fut for fut in pending if not fut.cancelled()]
+        _, still = cf.wait(running, timeout=timeout_s)
+        if still:
+            log.warning("abandoning local runs at shutdown", running=len(still),
+                        obs_ids=[pending[f]["obs_id"] for f in still])
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+        pool.shutdown(wait=not still, cancel_futures=True)
+        return never_started

@@ -1,0 +1,182 @@
+"""The one module that talks to MAST: astroquery's ``Observations``, pointed at ``mast.url``.
+
+We use astroquery's asynchronous calls (which return the raw MAST responses, page by page)
+rather than its table-building ones for two reasons: a paged answer can be checked for
+completeness (astroquery silently stacks an empty page in the middle of an answer), and
+pulling five fields out of the JSON is far cheaper than building astropy tables of every
+column for a 150,000-exposure backfill.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from astroquery.mast import ObservationsClass
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+
+class MastError(Exception):
+    """MAST did not give a complete, well-formed answer; the message says what went wrong."""
+
+
+@dataclass(frozen=True)
+class Observation:
+    """The fields of a MAST (CAOM) observation that discovery needs."""
+
+    obsid: str
+    obs_id: str
+    release_mjd: float
+
+
+@dataclass(frozen=True)
+class Product:
+    """The fields of a MAST data product that discovery needs."""
+
+    filename: str
+    obs_id: str
+    obsid: str
+    parent_obsid: str
+    subgroup: str
+
+
+class _TimeoutAdapter(HTTPAdapter):
+    """Gives every request a timeout: astroquery's portal calls pass none, so a hung MAST
+    would otherwise hang the poll forever."""
+
+    def __init__(self, timeout: float, retries: Retry) -> None:
+        super().__init__(max_retries=retries)
+        self._timeout = timeout
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self._timeout
+        return super().send(request, **kwargs)
+
+
+class MastClient:
+    """Queries one MAST server for observations released in a window and their products."""
+
+    def __init__(self, url: str, *, collection: str, instrument: str, timeout_s: float = 300.0,
+                 batch: int = 2000, page_size: int = 50000, retries: int = 2) -> None:
+        self.url = url.rstrip("/")
+        self.collection = collection
+        self.instrument = instrument
+        self.batch = batch
+        self._obs = ObservationsClass()
+        portal = self._obs._portal_api_connection
+        # astroquery bakes conf.server into class attributes at import time; instance
+        # attributes take precedence, so each client can point at its own server.
+        portal.MAST_REQUEST_URL = self.url + "/api/v0/invoke"
+        portal.COLUMNS_CONFIG_URL = self.url + "/portal/Mashup/Mashup.asmx/columnsconfig"
+        portal.MAST_DOWNLOAD_URL = self.url + "/api/v0.1/Download/file"
+        portal.MAST_BUNDLE_URL = self.url + "/api/v0.1/Download/bundle"
+        portal.TIMEOUT = timeout_s
+        portal.PAGESIZE = page_size
+        # Each client has its own column-config cache (astroquery's is a class attribute).
+        portal._column_configs = {}
+        retry = Retry(total=retries, connect=retries, read=0, status=retries,
+                      backoff_factor=1.0, status_forcelist=(502, 503, 504),
+                      allowed_methods=None, raise_on_status=False)
+        adapter = _TimeoutAdapter(timeout_s, retry)
+        session = self._obs._session
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+
+    def close(self) -> None:
+        """Release the HTTP connections."""
+        self._obs._session.close()
+
+    def observations(self, lo_mjd: float, hi_mjd: float) -> list[Observation]:
+        """Every observation of the collection and instrument released in [lo, hi] (MJD)."""
+        responses = self._call(lambda: self._obs.query_criteria_async(
+            obs_collection=self.collection, instrument_name=self.instrument,
+            t_obs_release=[lo_mjd, hi_mjd]), "observations")
+        out = []
+        for row in _rows(responses, "observations"):
+            try:
+                out.append(Observation(str(row["obsid"]), str(row["obs_id"]),
+                                       float(row["t_obs_release"])))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise MastError(f"MAST observation row without a usable obsid, obs_id or "
+                                f"t_obs_release ({exc!r}): {str(row)[:200]}") from None
+        return out
+
+    def products(self, obsids: Sequence[str]) -> Iterator[Product]:
+        """The data products of the given observations, queried ``batch`` obsids at a time."""
+        for start in range(0, len(obsids), self.batch):
+            chunk = list(obsids[start:start + self.batch])
+            responses = self._call(lambda c=chunk: self._obs.get_product_list_async(c),
+                                   "products")
+            for row in _rows(responses, "products"):
+                yield Product(
+                    filename=str(row.get("productFilename") or ""),
+                    obs_id=str(row.get("obs_id") or ""),
+                    obsid=str(row.get("obsID") or ""),
+                    parent_obsid=str(row.get("parent_obsid") or row.get("obsID") or ""),
+                    subgroup=str(row.get("productSubGroupDescription") or ""))
+
+    def _call(self, fn: Any, what: str) -> list[requests.Response]:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # NoResultsWarning etc.: empty is an answer
+                return list(fn())
+        except requests.JSONDecodeError as exc:  # before RequestException: it is both
+            raise MastError(f"MAST {what} answer is not valid JSON: {_short(exc)}") from None
+        except requests.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else "?"
+            raise MastError(f"MAST {what} query failed: HTTP {status} from {self.url}") from None
+        except requests.Timeout:
+            raise MastError(f"MAST {what} query timed out ({self.url})") from None
+        except requests.ConnectionError as exc:
+            raise MastError(f"MAST {what} query could not connect to {self.url}: "
+                            f"{_short(exc)}") from None
+        except requests.RequestException as exc:
+            raise MastError(f"MAST {what} query failed: {_short(exc)}") from None
+        except json.JSONDecodeError as exc:
+            raise MastError(f"MAST {what} answer is not valid JSON: {_short(exc)}") from None
+        except TimeoutError as exc:
+            raise MastError(f"MAST {what} query timed out: {exc}") from None
+        except Exception as exc:  # astroquery raises assorted types on odd answers
+            raise MastError(f"MAST {what} query failed: {type(exc).__name__}: "
+                            f"{_short(exc)}") from None
+
+
+def _rows(responses: Iterable[requests.Response], what: str) -> list[dict[str, Any]]:
+    """The data rows of a paged MAST answer, after checking it is complete and well formed."""
+    expected: int | None = None
+    rows: list[dict[str, Any]] = []
+    for resp in responses:
+        try:
+            body = resp.json()
+        except ValueError as exc:
+            raise MastError(f"MAST {what} answer is not valid JSON: {_short(exc)}") from None
+        if not isinstance(body, dict):
+            raise MastError(f"MAST {what} answer is not a JSON object")
+        status = body.get("status")
+        if status != "COMPLETE":
+            raise MastError(f"MAST {what} answer has status {status!r}: "
+                            f"{body.get('msg') or 'no message'}")
+        data = body.get("data")
+        if not isinstance(data, list) or not isinstance(body.get("fields"), list):
+            raise MastError(f"MAST {what} answer lacks its 'data' or 'fields' list")
+        paging = body.get("paging") or {}
+        if "rowsFiltered" in paging:
+            expected = int(paging["rowsFiltered"])
+        if not all(isinstance(row, dict) for row in data):
+            raise MastError(f"MAST {what} answer has a row that is not an object")
+        rows.extend(data)
+    if expected is not None and len(rows) != expected:
+        raise MastError(f"MAST {what} answer is incomplete: {len(rows)} rows received, "
+                        f"{expected} announced (an empty or short page)")
+    return rows
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,414 @@
+"""The service: poll, dispatch and reconcile on APScheduler, or one full cycle (``--once``).
+
+The main thread owns signals and the systemd conversation (READY, STATUS, WATCHDOG,
+STOPPING); the three jobs run on the scheduler's threads, one instance each at a time.
+SIGTERM/SIGINT stop taking new work, give local runs a bounded time to finish, and exit 0;
+SIGHUP reloads config.toml, or logs why it cannot and keeps the old configuration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor as JobThreads
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from daemon import logs
+from daemon.config import Config, ConfigError, load_config
+from daemon.discovery import PollOutcome, mjd_to_iso, poll
+from daemon.dispatch import dispatch, handler_env, unsent
+from daemon.executors import Executor, LocalExecutor
+from daemon.lock import InstanceLock
+from daemon.mast import MastClient
+from daemon.outputs import OutputStore
+from daemon.reconcile import reconcile
+from daemon.sdnotify import Notifier
+from state.store import StateStore
+
+log = structlog.get_logger("mastmirror.service")
+
+# Keys a running daemon cannot change under itself; SIGHUP keeps the old value and says so.
+_RESTART_ONLY = (("state", "path"), ("executor", "kind"), ("log", "format"))
+
+
+def make_executor(config: Config, on_result: Callable[[dict[str, Any]], None] | None = None
+                  ) -> Executor:
+    """The executor ``[executor] kind`` asks for."""
+    if config.executor.kind == "lambda":
+        from daemon.lambda_invoke import LambdaExecutor
+
+        return LambdaExecutor.from_config(config)
+    return LocalExecutor(config.executor.concurrency, env=handler_env(config),
+                         timeout_s=config.executor.timeout_seconds, on_result=on_result)
+
+
+def make_mast_client(config: Config) -> MastClient:
+    """A MAST client for ``[mast]``."""
+    m = config.mast
+    return MastClient(m.url, collection=m.collection, instrument=m.instrument,
+                      timeout_s=m.timeout_seconds, batch=m.batch)
+
+
+@dataclass
+class CycleSummary:
+    """What ``run --once`` did, for the final report and the exit code."""
+
+    poll: PollOutcome | None = None
+    dispatched: int = 0
+    done: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when discovery succeeded (failed datasets are recorded, not a run failure)."""
+        return self.poll is not None and self.poll.ok
+
+
+class Service:
+    """One daemon process: its lock, state, clients, executor and schedule."""
+
+    def __init__(self, config: Config, *, config_path: Path | None = None,
+                 notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.notifier = notifier or Notifier.from_env()
+        self.run_id = uuid.uuid4().hex
+        self.lock = InstanceLock(config.state_path)
+        self.stop_event = threading.Event()
+        self._reload = threading.Event()
+        self._wake = threading.Event()
+        self._scheduler: BackgroundScheduler | None = None
+        self._last_poll: PollOutcome | None = None
+        self._jobs_running = 0
+        self._jobs_lock = threading.Lock()
+        self.store: StateStore | None = None
+        self.executor: Executor | None = None
+        self.mast: MastClient | None = None
+        self.outputs: OutputStore | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Take the lock, open the state, build the clients; give back orphaned local runs."""
+        self.lock.acquire()
+        try:
+            self.store = StateStore(self.config.state_path)
+            self.mast = make_mast_client(self.config)
+            self.outputs = OutputStore(self.config.output_url)
+            self.executor = make_executor(self.config, self._on_result)
+            for t in self.store.reclaim_orphans(executor="local", run_id=self.run_id):
+                log.info("requeued", obs_id=t.obs_id, reason=t.reason)
+        except BaseException:
+            self.lock.release()
+            raise
+        log.info("service open", database=str(self.config.state_path),
+                 executor=self.config.executor.kind, output=self.config.output_url,
+                 mast=self.config.mast.url, run_id=self.run_id)
+
+    def close(self, *, timeout_s: float = 20.0) -> None:
+        """Stop the executor within ``timeout_s``, put back what never started, release all."""
+        if self.executor is not None and self.store is not None:
+            never = self.executor.close(timeout_s=timeout_s)
+            if never:
+                unsent(self.store, list(never), "requeued: the daemon stopped before it ran")
+        if self.mast is not None:
+            self.mast.close()
+        if self.store is not None:
+            self.store.close()
+        self.lock.release()
+
+    def _on_result(self, summary: dict[str, Any]) -> None:
+        # A local run finished: reconcile soon rather than at the next interval.
+        log.debug("local run finished", obs_id=summary.get("obs_id"),
+                  status=summary.get("status"), sources=summary.get("sources"),
+                  duration_s=summary.get("duration_s"))
+        self._wake.set()
+
+    # -- the three jobs ----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _job(self, name: str) -> Iterator[None]:
+        with self._jobs_lock:
+            self._jobs_running += 1
+        try:
+            yield
+        except Exception:
+            # A job never takes the daemon down: log it with its traceback, run again later.
+            log.exception("job failed", job=name)
+        finally:
+            with self._jobs_lock:
+                self._jobs_running -= 1
+
+    def poll_job(self, progress: Callable[[int, int, PollOutcome], None] | None = None
+                 ) -> PollOutcome | None:
+        """Discover newly released exposures."""
+        assert self.store and self.mast
+        outcome = None
+        with self._job("poll"):
+            outcome = poll(self.store, self.mast, self.config.mast, progress=progress)
+            self._last_poll = outcome
+            if outcome.new and self._scheduler is not None:
+                self._scheduler.modify_job("dispatch", next_run_time=_now_dt())
+        return outcome
+
+    def dispatch_job(self) -> int:
+        """Send new datasets within the in-flight bound."""
+        assert self.store and self.executor
+        sent = 0
+        with self._job("dispatch"):
+            if not self.stop_event.is_set():
+                sent = dispatch(self.store, self.executor, self.config, run_id=self.run_id).sent
+        return sent
+
+    def reconcile_job(self) -> None:
+        """Settle what the output store says about datasets in flight."""
+        assert self.store and self.outputs
+        with self._job("reconcile"):
+            outcome = reconcile(self.store, self.outputs, self.config.executor,
+                                executor=self.executor)
+            if (outcome.done or outcome.failed or outcome.requeued) and self._scheduler:
+                self._scheduler.modify_job("dispatch", next_run_time=_now_dt())
+
+    # -- run ---------------------------------------------------------------------------
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=."""
+        assert self.store
+        c = self.store.counts()
+        polled = f"polled {self._last_poll.new} new" if self._last_poll else "not polled yet"
+        if self._last_poll and not self._last_poll.ok:
+            polled = "last poll FAILED"
+        return (f"{polled}, {c['dispatched']} in flight, {c['done']} done, "
+                f"{c['failed']} failed, {c['new']} queued")
+
+    def run_forever(self) -> int:
+        """The daemon loop; returns the exit code."""
+        sched = BackgroundScheduler(
+            executors={"default": JobThreads(3)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone="UTC")
+        self._scheduler = sched
+        self._add_jobs(sched)
+        with _signals(self.stop_event, self._reload):
+            sched.start()
+            self.notifier.ready()
+            self.notifier.status(self.status_line())
+            log.info("service running", poll_minutes=self.config.schedule.poll_minutes,
+                     reconcile_seconds=self.config.schedule.reconcile_seconds)
+            # Ping the watchdog (and refresh STATUS=) at the interval systemd asked for;
+            # look at signals and wake-ups more often than that.
+            tick = min(self.notifier.watchdog_interval() or 5.0, 5.0)
+            last_tick = last_wake = time.monotonic()
+            while not self.stop_event.wait(0.25):
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.reload()
+                now = time.monotonic()
+                if self._wake.is_set() and now - last_wake > 1.0:
+                    self._wake.clear()
+                    last_wake = now
+                    sched.modify_job("reconcile", next_run_time=_now_dt())
+                if now - last_tick >= tick:
+                    last_tick = now
+                    self.notifier.watchdog()
+                    self.notifier.status(self.status_line())
+        self.notifier.stopping()
+        log.info("stopping")
+        sched.shutdown(wait=False)
+        self._await_jobs(timeout_s=10.0)
+        return 0
+
+    def _add_jobs(self, sched: BackgroundScheduler) -> None:
+        s = self.config.schedule
+        sched.add_job(self.poll_job, "interval", minutes=s.poll_minutes, id="poll",
+                      next_run_time=_now_dt())
+        sched.add_job(self.dispatch_job, "interval", seconds=s.dispatch_seconds, id="dispatch")
+        sched.add_job(self.reconcile_job, "interval", seconds=s.reconcile_seconds, id="reconcile")
+
+    def _await_jobs(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._jobs_lock:
+                if self._jobs_running == 0:
+                    return True
+            time.sleep(0.05)
+        log.warning("jobs still running at shutdown; their work is recorded transaction by "
+                    "transaction and resumes at the next start")
+        return False
+
+    def run_once(self, *, progress: bool = False, wait_s: float = 0.5) -> CycleSummary:
+        """One poll, dispatch everything new, wait for the results, reconcile, return."""
+        assert self.store
+        started = time.monotonic()
+        summary = CycleSummary()
+        with _signals(self.stop_event, self._reload), _Progress(progress) as bar:
+            summary.poll = self.poll_job(progress=bar.poll)
+            start_counts = self.store.counts()
+            todo = start_counts["new"] + start_counts["dispatched"]
+            bar.start_work(todo)
+            settled0 = start_counts["done"] + start_counts["failed"]
+            while not self.stop_event.is_set():
+                summary.dispatched += self.dispatch_job()
+                self.reconcile_job()
+                c = self.store.counts()
+                bar.update(c["done"] + c["failed"] - settled0, c)
+                if c["new"] == 0 and c["dispatched"] == 0:
+                    break
+                self._wake.wait(wait_s)
+                self._wake.clear()
+        final = self.store.counts()
+        summary.counts = final
+        summary.done = final["done"] - start_counts["done"]
+        summary.failed = final["failed"] - start_counts["failed"]
+        summary.seconds = time.monotonic() - started
+        log.info("cycle finished", new=summary.poll.new if summary.poll else 0,
+                 dispatched=summary.dispatched, done=summary.done, failed=summary.failed,
+                 seconds=round(summary.seconds, 2), interrupted=self.stop_event.is_set())
+        return summary
+
+    # -- reload ------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read the config file; keep the old configuration if the new one is unusable."""
+        self.notifier.reloading()
+        if self.config_path is None:
+            log.warning("reload ignored: the daemon was not started from a config file")
+            self.notifier.ready()
+            return False
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload failed; keeping the old configuration", error=str(exc))
+            self.notifier.ready()
+            return False
+        for section, key in _RESTART_ONLY:
+            old_v = getattr(getattr(self.config, section), key)
+            new_v = getattr(getattr(new, section), key)
+            if old_v != new_v:
+                log.warning("change needs a restart; keeping the old value",
+                            key=f"{section}.{key}", old=old_v, new=new_v)
+                new = new.model_copy(update={section: getattr(self.config, section)})
+        old, self.config = self.config, new
+        if new.mast != old.mast and self.mast is not None:
+            self.mast.close()
+            self.mast = make_mast_client(new)
+        if new.output_url != old.output_url:
+            self.outputs = OutputStore(new.output_url)
+        if (new.executor != old.executor or new.archive != old.archive
+                or new.output_url != old.output_url) and self.executor is not None:
+            retired = self.executor
+            self.executor = make_executor(new, self._on_result)
+            # Runs already given to the old executor finish on their own; results are
+            # in the output store either way.
+            threading.Thread(target=retired.close, kwargs={"timeout_s": new.executor.
+                             timeout_seconds}, daemon=True).start()
+        if new.log.level != old.log.level:
+            logs.configure(new.log.level, new.log.format)
+        if self._scheduler is not None and new.schedule != old.schedule:
+            s = new.schedule
+            self._scheduler.reschedule_job("poll", trigger="interval", minutes=s.poll_minutes)
+            self._scheduler.reschedule_job("dispatch", trigger="interval",
+                                           seconds=s.dispatch_seconds)
+            self._scheduler.reschedule_job("reconcile", trigger="interval",
+                                           seconds=s.reconcile_seconds)
+        log.info("configuration reloaded", source=str(self.config_path))
+        self.notifier.ready()
+        return True
+
+
+def _now_dt() -> Any:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC)
+
+
+@contextlib.contextmanager
+def _signals(stop: threading.Event, reload: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT set ``stop``; SIGHUP sets ``reload``. Restored on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_stop(signum: int, _frame: object) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: the operator means it
+        log.info("signal received; stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    def on_hup(_signum: int, _frame: object) -> None:
+        reload.set()
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class _Progress:
+    """A rich progress bar for a terminal; does nothing when off (or under systemd)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and not os.environ.get("JOURNAL_STREAM")
+        self._bar: Any = None
+        self._poll_task: Any = None
+        self._work_task: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                 TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=logs.console())
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def poll(self, done: int, total: int, outcome: PollOutcome) -> None:
+        """Discovery progress, window by window."""
+        if self._bar is None:
+            return
+        if self._poll_task is None:
+            self._poll_task = self._bar.add_task("discover", total=total, info="")
+        cursor = mjd_to_iso(outcome.cursor_mjd)[:10] if outcome.cursor_mjd else ""
+        self._bar.update(self._poll_task, completed=done,
+                         info=f"{outcome.new} new, up to {cursor}")
+
+    def start_work(self, total: int) -> None:
+        """Begin the dispatch/reconcile bar."""
+        if self._bar is not None:
+            self._work_task = self._bar.add_task("catalog ", total=max(total, 1), info="")
+
+    def update(self, settled: int, counts: dict[str, int]) -> None:
+        """Datasets settled so far."""
+        if self._bar is not None and self._work_task is not None:
+            self._bar.update(self._work_task, completed=settled,
+                             info=f"{counts['dispatched']} in flight, {counts['failed']} failed")

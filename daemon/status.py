@@ -1,0 +1,122 @@
+"""``mastmirror status``: what a person wants at a glance, and the same as JSON for scripts."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from daemon.discovery import mjd_to_iso
+from state.store import Snapshot
+
+
+def _iso(unix: float | None) -> str | None:
+    if unix is None:
+        return None
+    return dt.datetime.fromtimestamp(unix, dt.UTC).isoformat(timespec="seconds")
+
+
+def to_dict(snap: Snapshot, *, daemon_pid: int | None = None) -> dict[str, Any]:
+    """The JSON document of ``status --json`` (a stable shape; fields are only ever added)."""
+    poll = snap.last_poll
+    last_poll = None
+    if poll is not None:
+        last_poll = {
+            "at": _iso(poll["finished_at"] or poll["started_at"]),
+            "ok": poll["ok"],
+            "new": poll["new"],
+            "kind": poll["kind"],
+            "error": poll["error"],
+            "window": [mjd_to_iso(poll["window_lo_mjd"]),
+                       mjd_to_iso(poll["window_hi_mjd"]) if poll["window_hi_mjd"] else None],
+            "windows": poll["windows"],
+            "observations": poll["observations"],
+            "products": poll["products"],
+            "seen": poll["seen"],
+            "rejected": poll["rejected"],
+        }
+    oldest_age = (snap.taken_at - snap.oldest_dispatched_at
+                  if snap.oldest_dispatched_at is not None else None)
+    return {
+        "datasets": dict(snap.counts),
+        "last_poll": last_poll,
+        "last_ok_poll_at": _iso(snap.last_ok_poll_at),
+        "cursor": mjd_to_iso(snap.cursor_mjd) if snap.cursor_mjd is not None else None,
+        "cursor_mjd": snap.cursor_mjd,
+        "in_flight": {"count": snap.in_flight,
+                      "oldest_age_s": round(oldest_age, 1) if oldest_age is not None else None,
+                      "by_executor": snap.by_executor},
+        "recent_failures": [{**f, "at": _iso(f["at"])} for f in snap.recent_failures],
+        "throughput": {"done_last_hour": snap.done_last_hour,
+                       "done_last_day": snap.done_last_day,
+                       "per_minute_last_hour": round(snap.done_last_hour / 60.0, 2)},
+        "rejected_products": snap.rejected,
+        "daemon": {"running": daemon_pid is not None, "pid": daemon_pid},
+        "database": {"path": snap.path, "schema_version": snap.schema_version},
+        "at": _iso(snap.taken_at),
+    }
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+    return f"{seconds // 86400}d"
+
+
+def render(doc: dict[str, Any], console: Console) -> None:
+    """Print the status document as a compact terminal report."""
+    d = doc["datasets"]
+    counts = Table.grid(padding=(0, 2))
+    for _ in range(5):
+        counts.add_column(justify="right")
+    counts.add_row(*(Text(k, style="bold") for k in ("new", "dispatched", "done", "failed",
+                                                     "total")))
+    counts.add_row(*(f"{d[k]:,}" for k in ("new", "dispatched", "done", "failed", "total")))
+
+    info = Table.grid(padding=(0, 2))
+    info.add_column(style="bold")
+    info.add_column()
+    daemon = doc["daemon"]
+    info.add_row("daemon", f"running (pid {daemon['pid']})" if daemon["running"] else
+                 "not running")
+    poll = doc["last_poll"]
+    if poll is None:
+        info.add_row("last poll", "never")
+    else:
+        state = {True: "[green]ok[/]", False: "[red]FAILED[/]", None: "running"}[poll["ok"]]
+        line = f"{poll['at']}  {state}  {poll['new']:,} new ({poll['kind']}, " \
+               f"{poll['windows']} window(s), {poll['observations']:,} observations)"
+        if poll["error"]:
+            line += f"\n{poll['error']}"
+        info.add_row("last poll", line)
+    info.add_row("cursor", doc["cursor"] or "-")
+    fl = doc["in_flight"]
+    info.add_row("in flight", f"{fl['count']:,}  (oldest {_age(fl['oldest_age_s'])})")
+    tp = doc["throughput"]
+    info.add_row("throughput", f"{tp['done_last_hour']:,} done in the last hour, "
+                               f"{tp['done_last_day']:,} in the last day")
+    if doc["rejected_products"]:
+        info.add_row("refused", f"{doc['rejected_products']:,} product name(s) from MAST")
+    info.add_row("database", doc["database"]["path"])
+
+    parts: list[Any] = [counts, Text(""), info]
+    if doc["recent_failures"]:
+        fails = Table(title="recent failures", title_justify="left", box=None, pad_edge=False)
+        fails.add_column("obs_id")
+        fails.add_column("at")
+        fails.add_column("attempts", justify="right")
+        fails.add_column("reason", overflow="fold")
+        for f in doc["recent_failures"]:
+            fails.add_row(f["obs_id"], f["at"] or "-", str(f["attempts"]), f["reason"] or "")
+        parts += [Text(""), fails]
+    console.print(Group(*parts))

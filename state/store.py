@@ -1,0 +1,475 @@
+"""StateStore: every state transition of every dataset, each one SQLite transaction.
+
+The store knows nothing of MAST, AWS or the CLI. Each write method is one ``BEGIN
+IMMEDIATE ... COMMIT``: a crash at any instant leaves every dataset in exactly one state,
+and every transition is guarded by the state it starts from, so a stale decision (a result
+that arrives after a timeout already moved the dataset on) changes nothing.
+
+Connections are per thread (the scheduler runs jobs on several threads); WAL lets
+``status`` read a consistent snapshot while the daemon writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import sqlite_utils
+
+from state.schema import SCHEMA_VERSION, STATES, SchemaError, migrate, user_version
+
+if sqlite3.sqlite_version_info < (3, 35):  # RETURNING and partial-index planning
+    raise ImportError(f"mastmirror needs SQLite 3.35 or newer; this Python has "
+                      f"{sqlite3.sqlite_version}")
+
+
+class Discovered(NamedTuple):
+    """One exposure as discovery found it."""
+
+    obs_id: str
+    input_key: str
+    release_mjd: float
+    mast_obs_id: str
+
+
+class Rejected(NamedTuple):
+    """A product discovery refused to record (bad name, path tricks), with the reason."""
+
+    name: str
+    reason: str
+
+
+class Transition(NamedTuple):
+    """A dataset that changed state, for logging."""
+
+    obs_id: str
+    state: str
+    attempts: int
+    reason: str | None = None
+
+
+class Finished(NamedTuple):
+    """A catalog found in the output store for a dispatched dataset."""
+
+    obs_id: str
+    catalog_key: str
+    sources: int | None = None
+    duration_ms: int | None = None
+    bytes_read: int | None = None
+    peak_rss_mb: float | None = None
+
+
+@dataclass(frozen=True)
+class DatasetRow:
+    """A dataset as the dispatcher and reconciler need it."""
+
+    obs_id: str
+    input_key: str
+    state: str
+    attempts: int
+    dispatches: int
+    dispatched_at: float | None
+    executor: str | None = None
+    request_id: str | None = None
+
+
+@dataclass
+class Snapshot:
+    """What ``status`` shows, read in one transaction."""
+
+    path: str
+    schema_version: int
+    counts: dict[str, int]
+    cursor_mjd: float | None
+    last_poll: dict[str, Any] | None
+    last_ok_poll_at: float | None
+    in_flight: int
+    oldest_dispatched_at: float | None
+    recent_failures: list[dict[str, Any]]
+    done_last_hour: int
+    done_last_day: int
+    rejected: int
+    taken_at: float
+    by_executor: dict[str, int] = field(default_factory=dict)
+
+
+_ROW_COLUMNS = "obs_id, input_key, state, attempts, dispatches, dispatched_at, executor, request_id"
+
+
+class StateStore:
+    """The SQLite state database (created and migrated on first open unless read-only)."""
+
+    def __init__(self, path: str | Path, *, create: bool = True, busy_timeout_s: float = 30.0):
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: no state database here (has the daemon run?)")
+        self._create = create
+        self._busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        conn = self._conn()
+        if create:
+            if user_version(conn) != SCHEMA_VERSION:
+                migrate(conn)
+        elif user_version(conn) != SCHEMA_VERSION:
+            raise SchemaError(f"{self.path}: schema version {user_version(conn)}, expected "
+                              f"{SCHEMA_VERSION}; run the daemon once to migrate it")
+
+    # -- connections -------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            uri = f"file:{self.path}?mode={'rwc' if self._create else 'rw'}"
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per transition.
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None,
+                                   timeout=self._busy_timeout_s, check_same_thread=False)
+            db = sqlite_utils.Database(conn)
+            if self._create:
+                db.enable_wal()
+            # NORMAL is crash-safe in WAL mode (a killed process loses nothing committed).
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+            self._local.conn = conn
+            self._local.db = db
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """The sqlite-utils view of this thread's connection (tables, queries)."""
+        self._conn()
+        return self._local.db
+
+    def close(self) -> None:
+        """Close every connection this store opened (all threads)."""
+        with self._all_lock:
+            for conn in self._all:
+                with contextlib.suppress(sqlite3.ProgrammingError):
+                    conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; rolled back whole on any exception."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN")  # deferred: a WAL read snapshot for every SELECT inside
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    # -- meta / cursor -----------------------------------------------------------------
+
+    def cursor(self) -> float | None:
+        """The discovery cursor (MJD of release up to which every window is recorded)."""
+        row = self._conn().execute("SELECT value FROM meta WHERE key = 'cursor_mjd'").fetchone()
+        return float(row[0]) if row else None
+
+    # -- polls -------------------------------------------------------------------------
+
+    def begin_poll(self, kind: str, window_lo_mjd: float, *, now: float | None = None) -> int:
+        """Record that a poll started; returns its id."""
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO polls (kind, started_at, window_lo_mjd) VALUES (?, ?, ?)",
+                (kind, time.time() if now is None else now, window_lo_mjd))
+            return int(cur.lastrowid or 0)
+
+    def record_window(self, poll_id: int, window_hi_mjd: float, found: Sequence[Discovered],
+                      *, observations: int, products: int,
+                      rejected: Sequence[Rejected] = (), now: float | None = None) -> int:
+        """Insert a window's exposures and move the cursor to its end, in ONE transaction.
+
+        An exposure already known is left as it is (recorded once however often seen).
+        Returns how many were new.
+        """
+        now = time.time() if now is None else now
+        with self.transaction() as conn:
+            total = "SELECT sum(n) FROM state_counts"
+            before = conn.execute(total).fetchone()[0]
+            conn.executemany(
+                "INSERT OR IGNORE INTO datasets (obs_id, input_key, release_mjd, mast_obs_id, "
+                "state, discovered_at, updated_at, poll_id) VALUES (?, ?, ?, ?, 'new', ?, ?, ?)",
+                ((d.obs_id, d.input_key, d.release_mjd, d.mast_obs_id, now, now, poll_id)
+                 for d in found))
+            new = conn.execute(total).fetchone()[0] - before
+            conn.executemany(
+                "INSERT OR IGNORE INTO rejects (name, reason, first_at, poll_id) "
+                "VALUES (?, ?, ?, ?)", ((r.name, r.reason, now, poll_id) for r in rejected))
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('cursor_mjd', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value "
+                "WHERE CAST(excluded.value AS REAL) > CAST(meta.value AS REAL)",
+                (repr(float(window_hi_mjd)),))
+            conn.execute(
+                "UPDATE polls SET window_hi_mjd = ?, windows = windows + 1, "
+                "observations = observations + ?, products = products + ?, seen = seen + ?, "
+                "new = new + ?, rejected = rejected + ? WHERE id = ?",
+                (window_hi_mjd, observations, products, len(found), new, len(rejected), poll_id))
+        return new
+
+    def finish_poll(self, poll_id: int, *, ok: bool, error: str | None = None,
+                    now: float | None = None) -> None:
+        """Close a poll as succeeded, or failed with the error."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE polls SET finished_at = ?, ok = ?, error = ? WHERE id = ?",
+                         (time.time() if now is None else now, int(ok), error, poll_id))
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    def claim_new(self, limit: int, *, executor: str, run_id: str,
+                  now: float | None = None) -> list[DatasetRow]:
+        """Move up to ``limit`` new datasets (oldest release first) to dispatched.
+
+        Each claimed dataset's ``attempts`` and ``dispatches`` grow by one; the caller then
+        invokes them and records request ids. Marking before invoking means a crash in
+        between costs a timeout, never a lost dataset.
+        """
+        if limit <= 0:
+            return []
+        now = time.time() if now is None else now
+        with self.transaction() as conn:
+            rows = conn.execute(
+                "UPDATE datasets SET state = 'dispatched', attempts = attempts + 1, "
+                "dispatches = dispatches + 1, dispatched_at = ?, updated_at = ?, executor = ?, "
+                "run_id = ?, request_id = NULL, not_before = NULL WHERE obs_id IN ("
+                "SELECT obs_id FROM datasets WHERE state = 'new' AND "
+                "(not_before IS NULL OR not_before <= ?) ORDER BY release_mjd, obs_id LIMIT ?) "
+                f"RETURNING {_ROW_COLUMNS}",
+                (now, now, executor, run_id, now, limit)).fetchall()
+        rows.sort(key=lambda r: r[0])
+        return [DatasetRow(*r) for r in rows]
+
+    def set_request_ids(self, pairs: Iterable[tuple[str, str, int]]) -> None:
+        """Record (obs_id, request_id, dispatch number) for datasets still on that dispatch."""
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE datasets SET request_id = ? WHERE obs_id = ? AND dispatches = ? "
+                "AND state = 'dispatched'", ((rid, obs, n) for obs, rid, n in pairs))
+
+    def unclaim(self, items: Iterable[tuple[str, int]], reason: str,
+                *, now: float | None = None) -> list[Transition]:
+        """Put back datasets whose invocation never left (throttled past retries, no network).
+
+        The attempt is not counted: the function never saw the event.
+        """
+        now = time.time() if now is None else now
+        out: list[Transition] = []
+        with self.transaction() as conn:
+            for obs_id, dispatch in items:
+                row = conn.execute(
+                    "UPDATE datasets SET state = 'new', attempts = max(attempts - 1, 0), "
+                    "error = ?, updated_at = ? WHERE obs_id = ? AND dispatches = ? "
+                    "AND state = 'dispatched' RETURNING obs_id, attempts",
+                    (reason, now, obs_id, dispatch)).fetchone()
+                if row:
+                    out.append(Transition(row[0], "new", row[1], reason))
+        return out
+
+    # -- reconcile ---------------------------------------------------------------------
+
+    def in_flight(self, *, limit: int | None = None) -> list[DatasetRow]:
+        """Dispatched datasets, oldest dispatch first."""
+        sql = (f"SELECT {_ROW_COLUMNS} FROM datasets WHERE state = 'dispatched' "
+               "ORDER BY dispatched_at")
+        params: tuple[Any, ...] = ()
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = (limit,)
+        return [DatasetRow(*r) for r in self._conn().execute(sql, params).fetchall()]
+
+    def count_in_flight(self) -> int:
+        """How many datasets are dispatched and unfinished."""
+        return int(self._conn().execute(
+            "SELECT n FROM state_counts WHERE state = 'dispatched'").fetchone()[0])
+
+    def mark_done(self, finished: Iterable[Finished], *, now: float | None = None) -> list[str]:
+        """dispatched -> done for each catalog found; returns the obs_ids that moved."""
+        now = time.time() if now is None else now
+        moved: list[str] = []
+        with self.transaction() as conn:
+            for f in finished:
+                row = conn.execute(
+                    "UPDATE datasets SET state = 'done', done_at = ?, updated_at = ?, error = NULL,"
+                    " catalog_key = ?, sources = ?, duration_ms = ?, bytes_read = ?, "
+                    "peak_rss_mb = ? WHERE obs_id = ? AND state = 'dispatched' RETURNING obs_id",
+                    (now, now, f.catalog_key, f.sources, f.duration_ms, f.bytes_read,
+                     f.peak_rss_mb, f.obs_id)).fetchone()
+                if row:
+                    moved.append(row[0])
+        return moved
+
+    def fail_or_requeue(self, items: Iterable[tuple[str, int, str, bool]], *, max_attempts: int,
+                        backoff_s: float = 0.0, now: float | None = None) -> list[Transition]:
+        """Settle handled failures: (obs_id, dispatch number, reason, retryable).
+
+        A retryable failure with attempts to spare goes back to new, not before
+        ``backoff_s * 2**(attempts-1)`` seconds; anything else is failed with its reason.
+        Only the dispatch that produced the failure is affected.
+        """
+        now = time.time() if now is None else now
+        out: list[Transition] = []
+        with self.transaction() as conn:
+            for obs_id, dispatch, reason, retryable in items:
+                again = "? AND attempts < ?"
+                row = conn.execute(
+                    f"UPDATE datasets SET state = CASE WHEN {again} THEN 'new' ELSE 'failed' END, "
+                    f"failed_at = CASE WHEN {again} THEN failed_at ELSE ? END, "
+                    f"not_before = CASE WHEN {again} THEN ? + ? * (1 << (attempts - 1)) END, "
+                    "error = ?, updated_at = ? "
+                    "WHERE obs_id = ? AND dispatches = ? AND state = 'dispatched' "
+                    "RETURNING obs_id, state, attempts",
+                    (retryable, max_attempts, retryable, max_attempts, now,
+                     retryable, max_attempts, now, backoff_s, reason, now,
+                     obs_id, dispatch)).fetchone()
+                if row:
+                    out.append(Transition(row[0], row[1], row[2], reason))
+        return out
+
+    def expire(self, *, timeout_s: float, max_attempts: int,
+               now: float | None = None) -> list[Transition]:
+        """Dispatched longer ago than the timeout: dispatch again if attempts remain, else fail."""
+        now = time.time() if now is None else now
+        cutoff = now - timeout_s
+        with self.transaction() as conn:
+            failed = conn.execute(
+                "UPDATE datasets SET state = 'failed', failed_at = ?, updated_at = ?, "
+                "error = 'timed out: no result within ' || ? || ' s after ' || attempts || "
+                "' attempt(s)' WHERE state = 'dispatched' AND dispatched_at < ? "
+                "AND attempts >= ? RETURNING obs_id, attempts, error",
+                (now, now, _fmt_seconds(timeout_s), cutoff, max_attempts)).fetchall()
+            again = conn.execute(
+                "UPDATE datasets SET state = 'new', updated_at = ?, "
+                "error = 'timed out: no result within ' || ? || ' s (attempt ' || attempts || ')'"
+                " WHERE state = 'dispatched' AND dispatched_at < ? RETURNING obs_id, attempts, "
+                "error", (now, _fmt_seconds(timeout_s), cutoff)).fetchall()
+        return ([Transition(o, "failed", a, e) for o, a, e in failed]
+                + [Transition(o, "new", a, e) for o, a, e in again])
+
+    def reclaim_orphans(self, *, executor: str, run_id: str,
+                        now: float | None = None) -> list[Transition]:
+        """Give back datasets a previous process dispatched to its own local pool.
+
+        A local pool dies with its daemon, so those runs will never report; they go back to
+        new at once, without counting an attempt (the dataset did nothing wrong).
+        """
+        now = time.time() if now is None else now
+        reason = "requeued: the local worker pool stopped with the previous daemon"
+        with self.transaction() as conn:
+            rows = conn.execute(
+                "UPDATE datasets SET state = 'new', attempts = max(attempts - 1, 0), error = ?, "
+                "updated_at = ? WHERE state = 'dispatched' AND executor = ? AND run_id <> ? "
+                "RETURNING obs_id, attempts", (reason, now, executor, run_id)).fetchall()
+        return [Transition(o, "new", a, reason) for o, a in rows]
+
+    # -- operator actions --------------------------------------------------------------
+
+    def retry_failed(self, obs_ids: Sequence[str] | None = None,
+                     *, now: float | None = None) -> list[str]:
+        """failed -> new with a fresh attempt budget; all failed, or just ``obs_ids``."""
+        now = time.time() if now is None else now
+        with self.transaction() as conn:
+            if obs_ids is None:
+                rows = conn.execute(
+                    "UPDATE datasets SET state = 'new', attempts = 0, updated_at = ? "
+                    "WHERE state = 'failed' RETURNING obs_id", (now,)).fetchall()
+            else:
+                rows = [r for o in obs_ids for r in conn.execute(
+                    "UPDATE datasets SET state = 'new', attempts = 0, updated_at = ? "
+                    "WHERE state = 'failed' AND obs_id = ? RETURNING obs_id", (now, o))]
+        return sorted(r[0] for r in rows)
+
+    # -- reads -------------------------------------------------------------------------
+
+    def get(self, obs_id: str) -> dict[str, Any] | None:
+        """Every column of one dataset, or None."""
+        rows = list(self.db["datasets"].rows_where("obs_id = ?", [obs_id]))
+        return rows[0] if rows else None
+
+    def counts(self) -> dict[str, int]:
+        """Datasets per state, plus ``total``."""
+        rows = dict(self._conn().execute("SELECT state, n FROM state_counts").fetchall())
+        counts = {s: int(rows.get(s, 0)) for s in STATES}
+        counts["total"] = sum(counts.values())
+        return counts
+
+    def snapshot(self, *, now: float | None = None, failures: int = 10) -> Snapshot:
+        """Everything ``status`` shows, from one consistent read transaction."""
+        now = time.time() if now is None else now
+        with self._read() as conn:
+            rows = dict(conn.execute("SELECT state, n FROM state_counts").fetchall())
+            counts = {s: int(rows.get(s, 0)) for s in STATES}
+            counts["total"] = sum(counts.values())
+            cur = conn.execute("SELECT value FROM meta WHERE key = 'cursor_mjd'").fetchone()
+            poll = conn.execute(
+                "SELECT id, kind, started_at, finished_at, window_lo_mjd, window_hi_mjd, ok, "
+                "error, windows, observations, products, seen, new, rejected FROM polls "
+                "ORDER BY id DESC LIMIT 1").fetchone()
+            last_ok = conn.execute(
+                "SELECT max(finished_at) FROM polls WHERE ok = 1").fetchone()[0]
+            oldest = conn.execute(
+                "SELECT min(dispatched_at) FROM datasets WHERE state = 'dispatched'").fetchone()
+            by_exec = dict(conn.execute(
+                "SELECT executor, count(*) FROM datasets WHERE state = 'dispatched' "
+                "GROUP BY executor").fetchall())
+            fails = conn.execute(
+                "SELECT obs_id, error, failed_at, attempts FROM datasets WHERE state = 'failed' "
+                "ORDER BY failed_at DESC LIMIT ?", (failures,)).fetchall()
+            hour = conn.execute("SELECT count(*) FROM datasets WHERE state = 'done' AND "
+                                "done_at >= ?", (now - 3600,)).fetchone()[0]
+            day = conn.execute("SELECT count(*) FROM datasets WHERE state = 'done' AND "
+                               "done_at >= ?", (now - 86400,)).fetchone()[0]
+            rejected = conn.execute("SELECT count(*) FROM rejects").fetchone()[0]
+        poll_keys = ("id", "kind", "started_at", "finished_at", "window_lo_mjd",
+                     "window_hi_mjd", "ok", "error", "windows", "observations", "products",
+                     "seen", "new", "rejected")
+        last_poll = dict(zip(poll_keys, poll, strict=True)) if poll else None
+        if last_poll is not None and last_poll["ok"] is not None:
+            last_poll["ok"] = bool(last_poll["ok"])
+        return Snapshot(
+            path=str(self.path), schema_version=SCHEMA_VERSION, counts=counts,
+            cursor_mjd=float(cur[0]) if cur else None, last_poll=last_poll,
+            last_ok_poll_at=last_ok, in_flight=counts["dispatched"],
+            oldest_dispatched_at=oldest[0] if oldest else None,
+            recent_failures=[{"obs_id": o, "reason": e, "at": t, "attempts": a}
+                             for o, e, t, a in fails],
+            done_last_hour=int(hour), done_last_day=int(day), rejected=int(rejected),
+            taken_at=now, by_executor={str(k): int(v) for k, v in by_exec.items()})
+
+    def integrity_check(self) -> str:
+        """``PRAGMA integrity_check``: 'ok' for a sound database."""
+        return str(self._conn().execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def _fmt_seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
