@@ -146,5 +146,50 @@ def retry(obj: _Ctx, obs_ids: tuple[str, ...]) -> None:
         _fail(f"not failed (or unknown): {', '.join(missing)}", EXIT_FAILED)
 
 
+from daemon.lambda_cli import lambda_group  # noqa: E402
+
+main.add_command(lambda_group, "lambda")
+
+
+@main.command()
+@click.argument("obs_id")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG to write (default: OBS_ID_preview.png).")
+@click.pass_obj
+def preview(obj: _Ctx, obs_id: str, out: Path | None) -> None:
+    """A PNG of OBS_ID's image with its catalog's Kron ellipses."""
+    from daemon.preview import PreviewError
+    from daemon.preview import preview as draw
+
+    try:
+        path = draw(obj.config, obs_id.lower(), out)
+    except PreviewError as exc:
+        _fail(str(exc), EXIT_FAILED)
+    click.echo(str(path))
+
+
+@main.command()
+@click.option("--dir", "workdir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("demo-output"), show_default=True,
+              help="Where the demo writes its config, database, catalogs and preview.")
+@click.option("--exposures", default=24, show_default=True, type=click.IntRange(1, 2000),
+              help="Exposures in the synthetic archive at the start.")
+@click.option("--release", default=8, show_default=True, type=click.IntRange(0, 2000),
+              help="Exposures released while the daemon runs.")
+def demo(workdir: Path, exposures: int, release: int) -> None:
+    """The whole pipeline offline: local MAST and S3 stand-ins, the daemon, a preview."""
+    from daemon.demo import DemoError, run_demo
+
+    logs.configure("warning", "console")
+    try:
+        result = run_demo(workdir, exposures=exposures, release=release)
+    except DemoError as exc:
+        _fail(str(exc), EXIT_FAILED)
+    except KeyboardInterrupt:
+        click.echo("mastmirror: demo interrupted; everything it started is stopped", err=True)
+        sys.exit(130)
+    click.echo(f"demo finished in {result.seconds:.0f} s")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

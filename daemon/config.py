@@ -129,7 +129,7 @@ class LambdaSection(_Section):
     code_s3: Annotated[str, Field(pattern=r"^$|^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")] = ""
     invoke_threads: Annotated[int, Field(ge=1, le=1024)] = 32
     invoke_processes: Annotated[int, Field(ge=1, le=64)] = 2
-    invoke_retry_mode: Literal["standard", "adaptive"] = "adaptive"
+    invoke_retry_mode: Literal["standard", "adaptive"] = "standard"
     invoke_max_attempts: Annotated[int, Field(ge=1, le=20)] = 6
 
 

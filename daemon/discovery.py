@@ -9,38 +9,22 @@ part-way leaves the cursor at the last complete window.
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 
 from daemon.config import MastSection
 from daemon.mast import MastClient, MastError, Observation, Product
+from daemon.mjd import mjd, mjd_to_iso
 from state.store import Discovered, Rejected, StateStore
 
 log = structlog.get_logger("mastmirror.discovery")
 
-_MJD_UNIX_EPOCH = 40587.0
 _NAME_RE = re.compile(r"^(?P<dataset>[a-z0-9]{9})_(?P<suffix>[a-z0-9]{3,8})\.fits$")
 _MAX_NAME = 64
-
-
-def mjd(when: float | dt.date | dt.datetime) -> float:
-    """Modified Julian Date of a Unix time, a date (at 00:00 UTC) or a datetime."""
-    if isinstance(when, dt.datetime):
-        when = when.replace(tzinfo=when.tzinfo or dt.UTC).timestamp()
-    elif isinstance(when, dt.date):
-        when = dt.datetime(when.year, when.month, when.day, tzinfo=dt.UTC).timestamp()
-    return float(when) / 86400.0 + _MJD_UNIX_EPOCH
-
-
-def mjd_to_iso(value: float) -> str:
-    """ISO 8601 UTC (seconds) of an MJD."""
-    unix = (value - _MJD_UNIX_EPOCH) * 86400.0
-    return dt.datetime.fromtimestamp(unix, dt.UTC).isoformat(timespec="seconds")
 
 
 def archive_key(filename: str) -> tuple[str, str]:
@@ -118,7 +102,6 @@ class PollOutcome:
     rejected: int = 0
     error: str | None = None
     cursor_mjd: float | None = None
-    new_ids: list[str] = field(default_factory=list)
 
 
 def windows(start: float, end: float, step: float) -> list[tuple[float, float]]:

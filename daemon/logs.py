@@ -55,12 +55,14 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
     ]
+    renderer: Any
     if as_json:
-        processors = [*shared, structlog.processors.format_exc_info,
-                      structlog.processors.JSONRenderer(sort_keys=False)]
+        renderer = structlog.processors.JSONRenderer(sort_keys=False)
+        processors = [*shared, structlog.processors.format_exc_info, renderer]
         factory: Any = structlog.WriteLoggerFactory(file=stream)
     else:
-        processors = [*shared, structlog.dev.ConsoleRenderer(colors=stream.isatty())]
+        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        processors = [*shared, renderer]
         factory = (lambda *_: _ConsoleLogger()) if stream is sys.stderr else \
             structlog.WriteLoggerFactory(file=stream)
     structlog.configure(
@@ -69,8 +71,21 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         logger_factory=factory,
         cache_logger_on_first_use=False,
     )
-    # Libraries log through the standard library; keep their chatter out unless it matters.
-    logging.basicConfig(level=logging.WARNING, stream=stream, format="%(name)s: %(message)s")
-    for noisy in ("astroquery", "botocore", "boto3", "urllib3", "apscheduler"):
+    # Libraries log through the standard library: render their lines the same way (one
+    # JSON object per line under systemd), and keep their chatter out unless it matters.
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, renderer]))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.WARNING)
+    # APScheduler warns whenever a run is skipped because the previous one is still
+    # going: that is the "one instance at a time" rule working, not news.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    # Not "astroquery": it installs its own logger class on import and fails if a plain
+    # logger of that name exists already (daemon.mast quietens it after importing).
+    for noisy in ("botocore", "boto3", "urllib3", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return as_json

@@ -10,6 +10,7 @@ column for a 150,000-exposure backfill.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ import requests
 from astroquery.mast import ObservationsClass
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
+
+# astroquery logs at INFO to stdout through astropy's logger; our logs are the daemon's.
+logging.getLogger("astroquery").setLevel(logging.WARNING)
 
 
 class MastError(Exception):
@@ -82,7 +86,9 @@ class MastClient:
         portal._column_configs = {}
         retry = Retry(total=retries, connect=retries, read=0, status=retries,
                       backoff_factor=1.0, status_forcelist=(502, 503, 504),
-                      allowed_methods=None, raise_on_status=False)
+                      allowed_methods=None, raise_on_status=False,
+                      # A long Retry-After would stall the poll; the next poll retries anyway.
+                      respect_retry_after_header=False)
         adapter = _TimeoutAdapter(timeout_s, retry)
         session = self._obs._session
         session.mount("http://", adapter)

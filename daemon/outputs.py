@@ -88,23 +88,30 @@ class OutputStore:
         if info is None:  # deleted between list and head
             return None
         meta = {k.lower(): v for k, v in info.metadata.items()}
-        sources = _int(meta.get("sources"))
-        if sources is None:
-            sources = self._count_rows(key)
+        if _int(meta.get("sources")) is None:
+            meta = self._header_metadata(key)
+            if meta is None:
+                return None
         return Result(obs_id=obs_id, kind="catalog", key=key, attempt=_int(meta.get("attempt")),
-                      sources=sources, duration_ms=_int(meta.get("duration-ms")),
+                      sources=_int(meta.get("sources")),
+                      duration_ms=_int(meta.get("duration-ms")),
                       bytes_read=_int(meta.get("bytes-read")),
                       peak_rss_mb=_float(meta.get("peak-rss-mb")))
 
-    def _count_rows(self, key: str) -> int | None:
-        """Source count from the catalog itself, for stores without object metadata."""
+    def _header_metadata(self, key: str) -> dict[str, Any] | None:
+        """The metadata S3 would carry, read from the catalog's own header (for stores
+        without object metadata, or catalogs written without it)."""
         from astropy.io import fits
 
         data = self._store.get(key)
         if data is None:
             return None
         with fits.open(io.BytesIO(data), lazy_load_hdus=True) as hdul:
-            return int(hdul[1].header.get("NAXIS2", 0))
+            h = hdul[1].header
+            proctime = h.get("PROCTIME")
+            return {"sources": h.get("NAXIS2", 0), "attempt": h.get("ATTEMPT"),
+                    "duration-ms": round(proctime * 1000) if proctime is not None else None,
+                    "bytes-read": h.get("BYTESRD"), "peak-rss-mb": h.get("PEAKRSS")}
 
     def _marker(self, obs_id: str, key: str) -> Result | None:
         raw = self._store.get(key)

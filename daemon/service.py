@@ -25,11 +25,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from daemon import logs
 from daemon.config import Config, ConfigError, load_config
-from daemon.discovery import PollOutcome, mjd_to_iso, poll
+from daemon.discovery import PollOutcome, poll
 from daemon.dispatch import dispatch, handler_env, unsent
 from daemon.executors import Executor, LocalExecutor
 from daemon.lock import InstanceLock
 from daemon.mast import MastClient
+from daemon.mjd import mjd_to_iso
 from daemon.outputs import OutputStore
 from daemon.reconcile import reconcile
 from daemon.sdnotify import Notifier
@@ -115,7 +116,7 @@ class Service:
             raise
         log.info("service open", database=str(self.config.state_path),
                  executor=self.config.executor.kind, output=self.config.output_url,
-                 mast=self.config.mast.url, run_id=self.run_id)
+                 mast=self.config.mast.url, run_id=self.run_id, pid=os.getpid())
 
     def close(self, *, timeout_s: float = 20.0) -> None:
         """Stop the executor within ``timeout_s``, put back what never started, release all."""

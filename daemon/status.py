@@ -9,7 +9,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from daemon.discovery import mjd_to_iso
+from daemon.mjd import mjd_to_iso
 from state.store import Snapshot
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 from click.testing import CliRunner
-from conftest import Pipeline, flt_bytes, truth_of
+from harness import Pipeline, flt_bytes, truth_of
 
 from daemon.cli import main
 from daemon.config import load_config
@@ -200,7 +200,7 @@ def test_the_daemon_polls_dispatches_reconciles_and_stops_on_sigterm(pipeline: P
         assert _status(p)["datasets"]["done"] == n
     finally:
         proc.terminate()
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
     assert '"event": "stopping"' in err
 

@@ -1,0 +1,261 @@
+"""``mastmirror demo``: the whole pipeline on this machine, offline, in a few minutes.
+
+It starts, on 127.0.0.1, a moto S3 server holding a synthetic WFC3/IR archive and the MAST
+stand-in listing it; writes a config.toml pointing at both; runs the real daemon
+(``mastmirror run``, local executor) as a child process; releases more exposures while it
+runs, so the next poll shows the incremental behaviour; then stops the daemon with SIGTERM
+and shows the status table, where the catalogs are, and a preview PNG. Everything it
+starts, it stops, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from daemon.mjd import mjd
+from daemon.standin.archive import Archive, Exposure
+
+_AWS = {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo",
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
+
+
+class DemoError(Exception):
+    """The demo could not finish; the message says where it stopped."""
+
+
+@dataclass
+class DemoResult:
+    """What the demo produced (the test checks these)."""
+
+    workdir: Path
+    config_path: Path
+    status: dict[str, object]
+    preview: Path | None
+    seconds: float
+
+
+def _flt(exposure: Exposure) -> bytes:
+    from daemon.standin.flt import make_flt
+
+    seed = int.from_bytes(exposure.dataset.encode(), "little") % (2**31)
+    return make_flt(exposure.dataset, seed=seed)[0]
+
+
+@contextlib.contextmanager
+def _moto() -> Iterator[str]:
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:  # pragma: no cover - the demo extra is missing
+        raise DemoError("the demo needs moto: pip install 'mastmirror[demo]'") from None
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def _upload(bucket: str, exposures: list[Exposure], step: Callable[[], None]) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    from lambda_sep.storage import open_store
+
+    store = open_store(bucket)
+    # Making an image costs ~0.3 s of CPU: use both cores.
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        for exp, data in zip(exposures, pool.map(_flt, exposures), strict=True):
+            store.put_atomic(exp.key, data, content_type="application/fits")
+            step()
+
+
+def _config(workdir: Path, mast_url: str, bucket: str, since: str) -> Path:
+    path = workdir / "config.toml"
+    path.write_text(f"""# Written by `mastmirror demo`: the local stand-ins of MAST and S3.
+[mast]
+url = "{mast_url}"
+since = "{since}"
+window_days = 30.0
+
+[archive]
+bucket = "{bucket}"
+
+[output]
+url = "catalogs"
+
+[executor]
+kind = "local"
+concurrency = 2
+timeout_seconds = 300
+# MAST may list a release a moment before its files are in the bucket: retry soon.
+retry_backoff_seconds = 2.0
+
+[state]
+path = "mastmirror.db"
+
+[schedule]
+# Fast, so the demo shows a second poll picking up new releases within seconds.
+poll_minutes = 0.1
+reconcile_seconds = 1.0
+dispatch_seconds = 1.0
+
+[log]
+format = "json"
+""")
+    return path
+
+
+def _status(config_path: Path) -> dict[str, object]:
+    from daemon.cli import status_document
+    from daemon.config import load_config
+
+    return status_document(load_config(config_path))
+
+
+def _wait_for(config_path: Path, done: int, timeout_s: float, daemon: subprocess.Popen[bytes],
+              show: Callable[[dict[str, object]], None]) -> dict[str, object]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if daemon.poll() is not None:
+            raise DemoError(f"the daemon exited early (code {daemon.returncode}); "
+                            "see daemon.log")
+        if (config_path.parent / "mastmirror.db").exists():
+            doc = _status(config_path)
+            show(doc)
+            counts = doc["datasets"]
+            assert isinstance(counts, dict)
+            if counts["done"] + counts["failed"] >= done and not counts["dispatched"]:
+                return doc
+        if time.monotonic() > deadline:
+            raise DemoError(f"not finished after {timeout_s:.0f} s; see daemon.log")
+        time.sleep(0.5)
+
+
+def run_demo(workdir: Path, *, exposures: int = 24, release: int = 8,
+             console: Console | None = None, timeout_s: float = 600.0) -> DemoResult:
+    """Run the demo in ``workdir`` (created; a previous demo there is replaced)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from daemon.preview import preview
+    from daemon.standin.mast import MastStandin
+
+    con = console or Console(stderr=True)
+    started = time.monotonic()
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    for old in ("mastmirror.db", "mastmirror.db-wal", "mastmirror.db-shm", "daemon.log"):
+        (workdir / old).unlink(missing_ok=True)
+
+    now = mjd(time.time())
+    archive = Archive(exposures, seed=2018, start_mjd=now - 120.0, end_mjd=now - 1.0)
+    bucket = "stpubdata"
+    with _moto() as endpoint, MastStandin(archive) as mast, _aws_env(endpoint):
+        con.print(f"[bold]MAST stand-in[/] {mast.url}   [bold]S3 (moto)[/] {endpoint}")
+        from lambda_sep.storage import s3_client
+
+        s3_client().create_bucket(Bucket=bucket)
+        first = archive.exposures()
+        with _bar(con, f"making {len(first)} synthetic WFC3/IR exposures", len(first)) as step:
+            _upload(bucket, first, step)
+        since = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 121 * 86400))
+        config_path = _config(workdir, mast.url, bucket, since)
+        con.print(f"[bold]config[/] {config_path}")
+        log_path = workdir / "daemon.log"
+        with _daemon(config_path, log_path) as daemon:
+            con.print(f"[bold]daemon[/] pid {daemon.pid}, logging JSON lines to {log_path}")
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.fields[info]}"), console=con) as bar:
+                task = bar.add_task("backfill: catalogued", total=len(first), info="")
+                _wait_for(config_path, len(first), timeout_s, daemon,
+                          lambda d: _show(bar, task, d))
+                if release:
+                    new = archive.release(release)
+                    task2 = bar.add_task(f"{release} more released", total=len(first) + release,
+                                         info="")
+                    store_upload = bar.add_task("  uploading them", total=release, info="")
+                    _upload(bucket, new, lambda: bar.advance(store_upload))
+                    _wait_for(config_path, len(first) + release, timeout_s, daemon,
+                              lambda d: _show(bar, task2, d))
+            daemon.send_signal(signal.SIGTERM)
+            code = daemon.wait(timeout=60)
+            if code != 0:
+                raise DemoError(f"the daemon exited with code {code} on SIGTERM")
+        doc = _status(config_path)
+        from daemon.config import load_config
+        from daemon.status import render
+
+        con.rule("mastmirror status")
+        render(doc, con)
+        first_done = next((e.dataset for e in first), None)
+        png = None
+        if first_done:
+            png = preview(load_config(config_path), first_done, workdir / "preview.png")
+    catalogs = workdir / "catalogs"
+    con.print(f"\n[bold]catalogs[/]  {catalogs}/hst/public/...  "
+              f"({sum(1 for _ in catalogs.rglob('*_sep.fits'))} FITS tables)")
+    if png:
+        con.print(f"[bold]preview[/]   {png}")
+    con.print(f"[bold]status[/]    mastmirror --config {config_path} status")
+    return DemoResult(workdir, config_path, doc, png, time.monotonic() - started)
+
+
+def _show(bar: object, task: object, doc: dict[str, object]) -> None:
+    counts = doc["datasets"]
+    assert isinstance(counts, dict)
+    bar.update(task, completed=counts["done"] + counts["failed"],  # type: ignore[attr-defined]
+               info=f"{counts['dispatched']} in flight, {counts['failed']} failed")
+
+
+@contextlib.contextmanager
+def _bar(con: Console, text: str, total: int) -> Iterator[Callable[[], None]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=con) as bar:
+        task = bar.add_task(text, total=total)
+        yield lambda: bar.advance(task)
+
+
+@contextlib.contextmanager
+def _aws_env(endpoint: str) -> Iterator[None]:
+    """Point this process and its children at the local S3; restore the environment after."""
+    saved = {k: os.environ.get(k) for k in (*_AWS, "AWS_ENDPOINT_URL")}
+    os.environ.update(_AWS)
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _daemon(config_path: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The real daemon as a child process; killed if the demo is interrupted."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "daemon", "--config", str(config_path),
+                                 "run"], stdout=log, stderr=subprocess.STDOUT,
+                                cwd=config_path.parent, start_new_session=True)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()

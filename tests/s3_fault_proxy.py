@@ -1,0 +1,139 @@
+"""A fault-injecting HTTP proxy in front of the moto S3 server (127.0.0.1 only).
+
+boto3 talks to it as if it were S3; it forwards every request to moto unless a fault is
+due, in which case it answers ``503 SlowDown`` (S3's throttling answer), closes the
+connection without answering, or forwards and then cuts the response body half-way. Faults
+are chosen per request by a seeded random generator, so a failing run can be replayed.
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import socket
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+            b"<Message>Please reduce your request rate.</Message></Error>")
+
+
+class S3FaultProxy:
+    """``with S3FaultProxy(moto_url, rate=0.3, seed=1) as proxy: ... proxy.url ...``.
+
+    ``rate`` is the chance that a request meets a fault; ``kinds`` the faults drawn from
+    ("slowdown", "drop", "cut"); ``methods`` limits faults to those HTTP methods.
+    """
+
+    def __init__(self, upstream: str, *, rate: float = 0.0, seed: int = 1,
+                 kinds: tuple[str, ...] = ("slowdown", "drop", "cut"),
+                 methods: tuple[str, ...] = ("GET", "PUT", "HEAD", "DELETE")) -> None:
+        parts = urlsplit(upstream)
+        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self.rate = rate
+        self.kinds = kinds
+        self.methods = methods
+        self.counts: Counter[str] = Counter()
+        self._rnd = random.Random(seed)
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """The proxy's endpoint URL (what AWS_ENDPOINT_URL is set to)."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def fault_for(self, method: str) -> str | None:
+        """The fault this request meets, if any (and count it)."""
+        with self._lock:
+            self.counts[f"requests {method}"] += 1
+            if method not in self.methods or self._rnd.random() >= self.rate:
+                return None
+            kinds = [k for k in self.kinds if not (k == "cut" and method == "HEAD")]
+            kind = self._rnd.choice(kinds)
+            self.counts[f"{kind} {method}"] += 1
+            return kind
+
+    def __enter__(self) -> S3FaultProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _handler(proxy: S3FaultProxy) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def _body(self) -> bytes:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                out = bytearray()
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass  # trailers
+                        return bytes(out)
+                    out += self.rfile.read(size)
+                    self.rfile.readline()
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+        def _serve(self) -> None:
+            body = self._body()
+            fault = proxy.fault_for(self.command)
+            if fault == "drop":
+                # Nothing back at all: the client sees the connection closed.
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
+                return
+            if fault == "slowdown":
+                self.send_response(503, "Slow Down")
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(SLOWDOWN)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(SLOWDOWN)
+                return
+            headers = {k: v for k, v in self.headers.items()
+                       if k.lower() not in ("transfer-encoding", "connection", "content-length")}
+            upstream = http.client.HTTPConnection(*proxy.upstream, timeout=60)
+            try:
+                upstream.request(self.command, self.path, body=body if body else None,
+                                 headers={**headers, "Content-Length": str(len(body))})
+                resp = upstream.getresponse()
+                data = resp.read()
+            finally:
+                upstream.close()
+            self.send_response(resp.status, resp.reason)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("transfer-encoding", "connection", "content-length",
+                                     "date", "server"):
+                    self.send_header(k, v)
+            # A HEAD answer has no body but says how long the object is.
+            length = resp.getheader("Content-Length") if self.command == "HEAD" else len(data)
+            self.send_header("Content-Length", str(length or 0))
+            self.end_headers()
+            if self.command == "HEAD":
+                return
+            if fault == "cut" and len(data) > 1:
+                # Promise the whole body, send half, hang up: a dropped connection mid-read.
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
+                return
+            self.wfile.write(data)
+
+        do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = _serve  # noqa: N815 (http.server names)
+
+    return Handler

@@ -1,0 +1,43 @@
+"""The extraction function's import discipline: what goes into the Lambda bundle."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "lambda_sep"
+# The function's own modules (bundle.py and deploy.py are the CLI's build/deploy helpers).
+FUNCTION_MODULES = ("__init__", "handler", "event", "storage", "fitsread", "extract",
+                    "catalog")
+ALLOWED = {"numpy", "astropy", "sep", "boto3", "botocore", "lambda_sep", "__future__"}
+
+
+@pytest.mark.parametrize("name", FUNCTION_MODULES)
+def test_imports_are_allowed_and_module_level(name: str) -> None:
+    tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+    top_level = set(tree.body)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots = {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            roots = {(node.module or "").split(".")[0]}
+        else:
+            continue
+        bad = {r for r in roots if r not in ALLOWED and r not in sys.stdlib_module_names}
+        assert not bad, f"{name}.py imports {bad}"
+        # Module level, so a warm invocation pays nothing again.
+        assert node in top_level, f"{name}.py imports {roots} inside a function"
+
+
+def test_handler_import_pulls_no_daemon_or_state() -> None:
+    code = ("import sys, lambda_sep.handler; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('daemon', 'state')))")
+    env = dict(os.environ, PYTHONPATH=str(PACKAGE.parent))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True)
+    assert out.stdout.strip() == "[]"

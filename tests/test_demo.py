@@ -1,0 +1,79 @@
+"""The offline demo, small: it finishes, catalogues everything, and leaves nothing running."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MASTMIRROR = str(Path(sys.executable).with_name("mastmirror"))
+
+
+def _alive_in_group(pgid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+
+
+def test_demo_runs_the_whole_pipeline_offline(tmp_path: Path) -> None:
+    work = tmp_path / "demo"
+    proc = subprocess.Popen([MASTMIRROR, "demo", "--dir", str(work), "--exposures", "3",
+                             "--release", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=_clean_env(), start_new_session=True)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "demo finished" in out
+    assert "mastmirror status" in err and "preview" in err
+
+    status = subprocess.run([MASTMIRROR, "--config", str(work / "config.toml"), "status",
+                             "--json"], capture_output=True, text=True, check=True)
+    doc = json.loads(status.stdout)
+    assert doc["datasets"] == {"new": 0, "dispatched": 0, "done": 5, "failed": 0, "total": 5}
+    assert doc["last_poll"]["ok"] is True
+    assert doc["last_poll"]["kind"] == "poll"  # the releases came in by a later poll
+    assert len(list((work / "catalogs").rglob("*_sep.fits"))) == 5
+    png = (work / "preview.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 50_000
+    # The daemon's own log: JSON lines, a clean stop.
+    log = [json.loads(line) for line in (work / "daemon.log").read_text().splitlines()
+           if line.startswith("{")]
+    assert any(e["event"] == "stopping" for e in log)
+    assert _alive_in_group(proc.pid) == []
+
+
+def test_ctrl_c_stops_everything_the_demo_started(tmp_path: Path) -> None:
+    work = tmp_path / "demo"
+    proc = subprocess.Popen([MASTMIRROR, "demo", "--dir", str(work), "--exposures", "40"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_clean_env(), start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (work / "daemon.log").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (work / "daemon.log").exists(), "the daemon never started"
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the foreground group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    time.sleep(0.5)
+    assert _alive_in_group(proc.pid) == []
+    daemon_pids = {json.loads(line).get("pid") for line in
+                   (work / "daemon.log").read_text().splitlines() if line.startswith("{")}
+    for pid in daemon_pids - {None}:
+        assert not Path(f"/proc/{pid}").exists()
