@@ -54,7 +54,8 @@ _CHILD_BARE = """
 import json, sys
 import numpy as np, sep
 from astropy.io import fits
-from lambda_sep.extract import SepParams, gaussian_kernel
+from lambda_sep.extract import gaussian_kernel
+from lambda_sep.params import SepParams
 p = SepParams()
 with fits.open(sys.argv[1], memmap=False) as hdul:
     sci = hdul["SCI"].data.astype(np.float32)
@@ -121,8 +122,9 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     import sep
 
     from daemon.standin.flt import archive_key, make_flt
-    from lambda_sep.extract import SepParams, gaussian_kernel
+    from lambda_sep.extract import gaussian_kernel
     from lambda_sep.fitsread import read_image
+    from lambda_sep.params import SepParams
     from lambda_sep.storage import open_store
 
     src, dst = work / "archive", work / "catalogs"

@@ -1,8 +1,5 @@
 """mastmirror's service: configuration, MAST discovery, dispatch, reconcile, scheduling, CLI."""
 
-from importlib import metadata
+from lambda_sep import __version__
 
-try:
-    __version__ = metadata.version("mastmirror")
-except metadata.PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+__all__ = ["__version__"]

@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 import click
 
-from daemon import __version__, logs
+from daemon import __version__
 from daemon.config import Config, ConfigError, find_config, load_config
 from daemon.lock import AlreadyRunning, InstanceLock
 
@@ -33,14 +33,22 @@ class _Ctx:
 
     @property
     def config(self) -> Config:
+        """The validated configuration (loaded on first use; exits 2 if unusable)."""
         if self._config is None:
             try:
                 self.path = find_config(self.config_arg)
                 self._config = load_config(self.path)
             except ConfigError as exc:
                 _fail(str(exc), EXIT_CONFIG)
-            logs.configure(self._config.log.level, self._config.log.format)
         return self._config
+
+    def logging(self) -> Config:
+        """The configuration, with logging set up from its ``[log]`` section."""
+        from daemon import logs
+
+        config = self.config
+        logs.configure(config.log.level, config.log.format)
+        return config
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,7 +72,7 @@ def run(obj: _Ctx, once: bool, progress: bool | None) -> None:
     """Run the daemon (or one full cycle with --once)."""
     from daemon.service import Service
 
-    config = obj.config
+    config = obj.logging()
     service = Service(config, config_path=obj.path)
     try:
         service.open()
@@ -162,7 +170,7 @@ def preview(obj: _Ctx, obs_id: str, out: Path | None) -> None:
     from daemon.preview import preview as draw
 
     try:
-        path = draw(obj.config, obs_id.lower(), out)
+        path = draw(obj.logging(), obs_id.lower(), out)
     except PreviewError as exc:
         _fail(str(exc), EXIT_FAILED)
     click.echo(str(path))
@@ -178,6 +186,7 @@ def preview(obj: _Ctx, obs_id: str, out: Path | None) -> None:
               help="Exposures released while the daemon runs.")
 def demo(workdir: Path, exposures: int, release: int) -> None:
     """The whole pipeline offline: local MAST and S3 stand-ins, the daemon, a preview."""
+    from daemon import logs
     from daemon.demo import DemoError, run_demo
 
     logs.configure("warning", "console")

@@ -123,7 +123,7 @@ class LambdaSection(_Section):
     bundle: str = "build/mastmirror-sep.zip"
     async_retries: Annotated[int, Field(ge=0, le=2)] = 0
     max_event_age_seconds: Annotated[int, Field(ge=60, le=21600)] = 21600
-    log_retention_days: Annotated[int, Field(ge=1, le=3653)] = 30
+    log_retention_days: int = 30
     # Added for `lambda deploy` and the daemon's invocations (daemon.lambda_invoke).
     reserved_concurrency: Annotated[int, Field(ge=0, le=100000)] = 0
     code_s3: Annotated[str, Field(pattern=r"^$|^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")] = ""
@@ -131,6 +131,17 @@ class LambdaSection(_Section):
     invoke_processes: Annotated[int, Field(ge=1, le=64)] = 2
     invoke_retry_mode: Literal["standard", "adaptive"] = "standard"
     invoke_max_attempts: Annotated[int, Field(ge=1, le=20)] = 6
+
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention(cls, value: int) -> int:
+        from lambda_sep.params import LOG_RETENTION_DAYS  # CloudWatch's own list
+
+        if value not in LOG_RETENTION_DAYS:
+            raise ValueError("must be a retention CloudWatch Logs offers: "
+                             + ", ".join(str(d) for d in sorted(LOG_RETENTION_DAYS)))
+        return value
 
 
 class StateSection(_Section):
@@ -179,6 +190,13 @@ class Config(_Section):
     def output_url(self) -> str:
         """The output store as a URL (``file:///abs/dir`` or ``s3://bucket/prefix``)."""
         return self.output.url
+
+
+def handler_env(config: Config) -> dict[str, str]:
+    """The environment the extraction function needs: its allow-lists (the local pool's
+    workers get it, and ``lambda deploy`` sets it on the function)."""
+    return {"MASTMIRROR_ALLOWED_BUCKETS": config.archive.bucket,
+            "MASTMIRROR_ALLOWED_OUTPUTS": config.output_url}
 
 
 def find_config(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str] = os.environ,
@@ -278,7 +296,7 @@ def _output_url(value: str, base: Path, source: str | os.PathLike[str]) -> str:
 
 def _validate_sep(raw: Any, source: str | os.PathLike[str]) -> dict[str, Any]:
     """Check ``[sep]`` against the extraction's own parameter schema (one source of truth)."""
-    from lambda_sep.extract import SepParams  # the function owns its parameters
+    from lambda_sep.params import SepParams  # the function owns its parameters
 
     try:
         return SepParams.from_dict(dict(raw)).to_dict()

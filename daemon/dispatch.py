@@ -32,12 +32,6 @@ def make_event(row: DatasetRow, config: Config) -> dict[str, Any]:
     }
 
 
-def handler_env(config: Config) -> dict[str, str]:
-    """The environment the function needs: its allow-lists (also set on the Lambda)."""
-    return {"MASTMIRROR_ALLOWED_BUCKETS": config.archive.bucket,
-            "MASTMIRROR_ALLOWED_OUTPUTS": config.output_url}
-
-
 @dataclass
 class DispatchOutcome:
     """What one dispatch run did."""

@@ -8,7 +8,6 @@ the number in flight, never to the number of catalogs already in the store.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -59,7 +58,8 @@ class OutputStore:
     def __init__(self, url: str, *, workers: int = 32) -> None:
         self.url = url
         self._store = storage.open_store(url)
-        self._workers = workers
+        # Threads hide network latency (S3) and disk waits (a directory: fewer suffice).
+        self._workers = workers if url.startswith("s3://") else min(workers, 8)
 
     def find(self, obs_id: str, input_key: str) -> Result | None:
         """The catalog (preferred) or error marker for one dataset, or None."""
@@ -76,42 +76,39 @@ class OutputStore:
         """``find`` for many (obs_id, input_key) pairs, concurrently; only those with a result."""
         if not items:
             return {}
-        found: dict[str, Result] = {}
         with ThreadPoolExecutor(max_workers=min(self._workers, len(items))) as pool:
-            for res in pool.map(lambda it: self.find(*it), items):
-                if res is not None:
-                    found[res.obs_id] = res
-        return found
+            results = list(pool.map(lambda it: self.find(*it), items))
+        return {r.obs_id: r for r in results if r is not None}
 
     def _catalog(self, obs_id: str, key: str) -> Result | None:
         info = self._store.head(key)
         if info is None:  # deleted between list and head
             return None
-        meta = {k.lower(): v for k, v in info.metadata.items()}
+        meta: dict[str, Any] = {k.lower(): v for k, v in info.metadata.items()}
         if _int(meta.get("sources")) is None:
-            meta = self._header_metadata(key)
-            if meta is None:
-                return None
+            meta = self._header_metadata(key, info.size)
         return Result(obs_id=obs_id, kind="catalog", key=key, attempt=_int(meta.get("attempt")),
                       sources=_int(meta.get("sources")),
                       duration_ms=_int(meta.get("duration-ms")),
                       bytes_read=_int(meta.get("bytes-read")),
                       peak_rss_mb=_float(meta.get("peak-rss-mb")))
 
-    def _header_metadata(self, key: str) -> dict[str, Any] | None:
-        """The metadata S3 would carry, read from the catalog's own header (for stores
-        without object metadata, or catalogs written without it)."""
-        from astropy.io import fits
+    def _header_metadata(self, key: str, size: int) -> dict[str, Any]:
+        """The metadata S3 would carry, read from the catalog's own header blocks (for
+        stores without object metadata, or catalogs written without it)."""
+        from lambda_sep.fitsread import ImageError, read_headers
 
-        data = self._store.get(key)
-        if data is None:
-            return None
-        with fits.open(io.BytesIO(data), lazy_load_hdus=True) as hdul:
-            h = hdul[1].header
-            proctime = h.get("PROCTIME")
-            return {"sources": h.get("NAXIS2", 0), "attempt": h.get("ATTEMPT"),
-                    "duration-ms": round(proctime * 1000) if proctime is not None else None,
-                    "bytes-read": h.get("BYTESRD"), "peak-rss-mb": h.get("PEAKRSS")}
+        try:
+            headers = read_headers(self._store, key, size, 2)
+        except ImageError:
+            return {}  # not a whole catalog: counted as done, without figures
+        if len(headers) < 2:
+            return {}
+        h = headers[1]
+        proctime = h.get("PROCTIME")
+        return {"sources": h.get("NAXIS2"), "attempt": h.get("ATTEMPT"),
+                "duration-ms": round(proctime * 1000) if proctime is not None else None,
+                "bytes-read": h.get("BYTESRD"), "peak-rss-mb": h.get("PEAKRSS")}
 
     def _marker(self, obs_id: str, key: str) -> Result | None:
         raw = self._store.get(key)

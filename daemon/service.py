@@ -24,9 +24,9 @@ from apscheduler.executors.pool import ThreadPoolExecutor as JobThreads
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from daemon import logs
-from daemon.config import Config, ConfigError, load_config
+from daemon.config import Config, ConfigError, handler_env, load_config
 from daemon.discovery import PollOutcome, poll
-from daemon.dispatch import dispatch, handler_env, unsent
+from daemon.dispatch import dispatch, unsent
 from daemon.executors import Executor, LocalExecutor
 from daemon.lock import InstanceLock
 from daemon.mast import MastClient

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
-
-from rich.console import Console, Group
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from daemon.mjd import mjd_to_iso
 from state.store import Snapshot
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def _iso(unix: float | None) -> str | None:
@@ -75,6 +74,10 @@ def _age(seconds: float | None) -> str:
 
 def render(doc: dict[str, Any], console: Console) -> None:
     """Print the status document as a compact terminal report."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
     d = doc["datasets"]
     counts = Table.grid(padding=(0, 2))
     for _ in range(5):

@@ -4,11 +4,8 @@ This package imports only numpy, astropy, sep, boto3/botocore and the standard l
 it can be bundled for Lambda on its own. It never imports ``daemon`` or ``state``.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__: str = version("mastmirror")
-except PackageNotFoundError:  # a Lambda bundle may carry the code without its dist-info
-    __version__ = "0+unknown"
+# The one place the version is written: pyproject.toml reads it from here, the daemon
+# imports it, and a Lambda bundle (which carries no dist-info) still knows it.
+__version__ = "0.1.0"
 
 __all__ = ["__version__"]

@@ -22,8 +22,9 @@ import sep
 from astropy.io import fits
 
 from lambda_sep import __version__
-from lambda_sep.extract import Extraction, SepParams
+from lambda_sep.extract import Extraction
 from lambda_sep.fitsread import Image
+from lambda_sep.params import SepParams
 
 __all__ = ["EXTNAME", "RUN_SPECIFIC_KEYWORDS", "build_catalog", "param_keyword"]
 

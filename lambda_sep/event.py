@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lambda_sep.extract import SepParams
+from lambda_sep.params import SepParams
 from lambda_sep.storage import open_store, validate_key
 
 __all__ = [

@@ -18,11 +18,12 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from state.schema import SCHEMA_VERSION, STATES, SchemaError, migrate, user_version
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 if sqlite3.sqlite_version_info < (3, 35):  # RETURNING and partial-index planning
     raise ImportError(f"mastmirror needs SQLite 3.35 or newer; this Python has "
@@ -133,24 +134,30 @@ class StateStore:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per transition.
             conn = sqlite3.connect(uri, uri=True, isolation_level=None,
                                    timeout=self._busy_timeout_s, check_same_thread=False)
-            db = sqlite_utils.Database(conn)
             if self._create:
-                db.enable_wal()
+                conn.execute("PRAGMA journal_mode = WAL")
             # NORMAL is crash-safe in WAL mode (a killed process loses nothing committed).
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
             self._local.conn = conn
-            self._local.db = db
             with self._all_lock:
                 self._all.append(conn)
         return conn
 
     @property
     def db(self) -> sqlite_utils.Database:
-        """The sqlite-utils view of this thread's connection (tables, queries)."""
-        self._conn()
-        return self._local.db
+        """The sqlite-utils view of this thread's connection (tables, rows, queries).
+
+        Imported on first use: ``status`` reads through plain SQL and starts faster
+        without it (sqlite-utils pulls in numpy).
+        """
+        import sqlite_utils
+
+        db = getattr(self._local, "db", None)
+        if db is None or db.conn is not self._conn():
+            db = self._local.db = sqlite_utils.Database(self._conn())
+        return db
 
     def close(self) -> None:
         """Close every connection this store opened (all threads)."""

@@ -114,3 +114,10 @@ def test_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert find_config(None, {"MASTMIRROR_CONFIG": str(env_cfg)}, cwd=cwd) == cwd / "config.toml"
     with pytest.raises(ConfigError, match="no config file found"):
         find_config(None, {}, cwd=tmp_path / "empty")
+
+
+def test_log_retention_must_be_one_cloudwatch_offers(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[lambda\] log_retention_days = 31: must be a "
+                                          "retention CloudWatch Logs offers"):
+        load_config(_write(tmp_path, "[lambda]\nlog_retention_days = 31\n"))
+    assert load_config(_write(tmp_path, "[lambda]\nlog_retention_days = 365\n"))

@@ -229,3 +229,37 @@ def test_nothing_is_left_running(pipeline: Pipeline) -> None:
 
     assert multiprocessing.active_children() == []
     assert threading.active_count() < 20
+
+
+def test_the_lambda_executor_end_to_end(pipeline: Pipeline, monkeypatch: Any) -> None:
+    """kind = "lambda": Event invocations to a Lambda stand-in that runs the real handler
+    (throttled, failing with 5xx, and losing one event along the way), results in S3."""
+    from daemon.config import handler_env
+    from daemon.standin.awslambda import LambdaStandIn
+
+    p = pipeline
+    out_bucket = p.bucket + "-out"
+    p.s3().create_bucket(Bucket=out_bucket)
+    p.write_config(output={"url": f"s3://{out_bucket}/mirror"},
+                   executor={"kind": "lambda", "concurrency": 4, "timeout_seconds": 4.0,
+                             "max_attempts": 3},
+                   schedule={"reconcile_seconds": 0.5},
+                   **{"lambda": {"invoke_processes": 1, "invoke_threads": 4}})
+    config = load_config(p.config_path)
+    exposures = p.archive.exposures()
+    lost = exposures[0].dataset
+    with LambdaStandIn("mastmirror-sep", workers=2, env=handler_env(config)) as fn:
+        fn.arm("throttle", times=3)
+        fn.arm("503", times=2)
+        fn.arm("lose", times=1, obs_id=lost)  # accepted (202), never run
+        monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", fn.url)
+        summary = _run_once(p)
+    assert summary.done == len(exposures) and summary.failed == 0
+    with StateStore(config.state_path, create=False) as s:
+        rows = {r["obs_id"]: r for r in s.db["datasets"].rows}
+    assert rows[lost]["dispatches"] == 2  # the lost event timed out and went again
+    assert all(r["dispatches"] == 1 for k, r in rows.items() if k != lost)
+    assert all(r["request_id"] for r in rows.values())
+    assert all(r["sources"] > 10 and r["duration_ms"] for r in rows.values())
+    keys = {o["Key"] for o in p.s3().list_objects_v2(Bucket=out_bucket)["Contents"]}
+    assert keys == {f"mirror/{e.key.replace('.fits', '_sep.fits')}" for e in exposures}

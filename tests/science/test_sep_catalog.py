@@ -16,7 +16,8 @@ from astropy.table import Table
 
 from lambda_sep import __version__
 from lambda_sep.catalog import RUN_SPECIFIC_KEYWORDS, build_catalog, param_keyword
-from lambda_sep.extract import SepParams, extract
+from lambda_sep.extract import extract
+from lambda_sep.params import SepParams
 
 REQUIRED = ("number", "x", "y", "ra", "dec", "a", "b", "theta", "kron_radius", "flux_auto",
             "fluxerr_auto", "mag_auto", "magerr_auto", "flux_aper", "fluxerr_aper", "mag_aper",
@@ -141,7 +142,7 @@ def test_every_parameter_and_column_is_documented() -> None:
     import re
     from pathlib import Path
 
-    from lambda_sep.extract import SepParams
+    from lambda_sep.params import SepParams
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "CATALOG.md").read_text()
     documented = set(re.findall(r"^\| `(\w+)`", doc, re.M)) | set(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from lambda_sep.event import EventError, allowed_buckets, allowed_outputs, parse_event
-from lambda_sep.extract import SepParams
+from lambda_sep.params import SepParams
 
 KEY = "hst/public/icxe/icxe15wwq/icxe15wwq_flt.fits"
 ENV = {"MASTMIRROR_ALLOWED_BUCKETS": "stpubdata, file:///data/mirror",

@@ -21,15 +21,9 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from daemon.standin.flt import DQ, FILTERS, make_broken_flt, make_flt
-from lambda_sep.extract import (
-    DEFAULT_DQ_MASK,
-    FLAG_CIRCULAR,
-    SepParams,
-    extract,
-    gaussian_kernel,
-    zeropoint,
-)
+from lambda_sep.extract import FLAG_CIRCULAR, extract, gaussian_kernel, zeropoint
 from lambda_sep.fitsread import ImageError, read_image
+from lambda_sep.params import DEFAULT_DQ_MASK, SepParams
 from lambda_sep.storage import open_store
 
 MATCH_RADIUS = 1.5  # px

@@ -18,7 +18,8 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from lambda_sep.extract import Extraction, SepParams, extract, gaussian_kernel
+from lambda_sep.extract import Extraction, extract, gaussian_kernel
+from lambda_sep.params import SepParams
 
 SEXTRACTOR_PARAMS = (
     "NUMBER X_IMAGE Y_IMAGE XWIN_IMAGE YWIN_IMAGE A_IMAGE B_IMAGE THETA_IMAGE KRON_RADIUS "

@@ -1,0 +1,253 @@
+"""mastmirror at the size of the archive: discovery, state, reconcile, status, memory.
+
+Each figure is measured at a tenth of, at, and at ten times the base size (150,000
+exposures), in one run, so the growth is visible side by side:
+
+* discovery: a backfill of an N-exposure WFC3/IR archive served by the MAST stand-in
+  (a separate process, paged as MAST pages), through astroquery and daemon.discovery,
+  end to end into a fresh state database; then a second poll that finds nothing new;
+* state: bulk inserts (``StateStore.record_window``) in datasets/s;
+* reconcile: 1,000 datasets in flight (half with a catalog, a tenth with an error
+  marker) among N done, on a directory output store holding N catalogs;
+* status: ``mastmirror status --json`` on a database of N×1,000,000/150,000 rows (1M
+  beside the 150k archive): the snapshot query, and the whole command as a process;
+* RSS: a daemon process (``Service`` opened on that database, one reconcile and one
+  dispatch pass).
+
+    .venv/bin/python benchmarks/bench_scale.py                      # 15k, 150k, 1.5M
+    .venv/bin/python benchmarks/bench_scale.py --sizes 150000 --only discovery
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from daemon import logs  # noqa: E402
+from daemon.config import config_from_dict  # noqa: E402
+from daemon.discovery import poll  # noqa: E402
+from daemon.outputs import OutputStore  # noqa: E402
+from daemon.reconcile import reconcile  # noqa: E402
+from daemon.service import make_mast_client  # noqa: E402
+from state.store import Discovered, StateStore  # noqa: E402
+
+
+def _standin(n: int) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.standin.mast", "--exposures",
+                             str(n), "--seed", "1"], stdout=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    return proc, url
+
+
+def bench_discovery(n: int, work: Path) -> dict[str, Any]:
+    """Backfill of an n-exposure archive, then a poll with nothing new."""
+    proc, url = _standin(n)
+    try:
+        config = config_from_dict({"mast": {"url": url, "since": "2009-06-01"},
+                                   "state": {"path": str(work / f"disc-{n}.db")}},
+                                  base_dir=work)
+        client = make_mast_client(config)
+        with StateStore(config.state_path) as store:
+            t0 = time.perf_counter()
+            first = poll(store, client, config.mast)
+            backfill = time.perf_counter() - t0
+            assert first.ok, first.error
+            t0 = time.perf_counter()
+            again = poll(store, client, config.mast)
+            quiet = time.perf_counter() - t0
+            assert again.ok and again.new == 0, again
+            total = store.counts()["total"]
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait()
+    return {"exposures": n, "recorded": total, "windows": first.windows,
+            "observations": first.observations, "products": first.products,
+            "backfill_s": round(backfill, 2), "quiet_poll_s": round(quiet, 3)}
+
+
+def _dataset(i: int) -> str:
+    """A distinct 9-character HST-like dataset name: i + 4-char program/visit + 4 more."""
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    for _ in range(8):
+        i, r = divmod(i, 36)
+        out = digits[r] + out
+    return "i" + out
+
+
+def _rows(n: int, start: int = 0) -> list[Discovered]:
+    """Datasets laid out as the archive is: hst/public/<ds[:4]>/<ds>/<ds>_flt.fits."""
+    out = []
+    for i in range(start, start + n):
+        ds = _dataset(i * 7919)  # spread over many programs, as real ones are
+        out.append(Discovered(ds, f"hst/public/{ds[:4]}/{ds}/{ds}_flt.fits",
+                              55000.0 + i * 1e-3, ds.upper()))
+    return out
+
+
+def bench_state(n: int, work: Path) -> dict[str, Any]:
+    """record_window throughput for n new datasets, in windows of 1,000."""
+    rows = _rows(n)
+    with StateStore(work / f"state-{n}.db") as store:
+        poll_id = store.begin_poll("backfill", 55000.0)
+        t0 = time.perf_counter()
+        for i in range(0, n, 1000):
+            store.record_window(poll_id, 55000.0 + i, rows[i:i + 1000], observations=0,
+                                products=0)
+        dt = time.perf_counter() - t0
+    return {"datasets": n, "seconds": round(dt, 2), "per_second": round(n / dt)}
+
+
+def _populate(db: Path, n_done: int, n_flight: int) -> list[tuple[str, str]]:
+    """A database with n_done done datasets and n_flight dispatched ones."""
+    with StateStore(db) as store:
+        poll_id = store.begin_poll("backfill", 55000.0)
+        rows = _rows(n_done + n_flight)
+        for i in range(0, len(rows), 50_000):
+            store.record_window(poll_id, 55000.0 + i, rows[i:i + 50_000], observations=0,
+                                products=0)
+        with store.transaction() as conn:
+            conn.execute("UPDATE datasets SET state = 'done', done_at = ?, attempts = 1, "
+                         "dispatches = 1, catalog_key = input_key, sources = 100 "
+                         "WHERE obs_id IN (SELECT obs_id FROM datasets ORDER BY release_mjd "
+                         "LIMIT ?)", (time.time() - 7200, n_done))
+            conn.execute("UPDATE datasets SET state = 'dispatched', dispatched_at = ?, "
+                         "attempts = 1, dispatches = 1, executor = 'lambda', run_id = 'b' "
+                         "WHERE state = 'new'", (time.time(),))
+        return [(r.obs_id, r.input_key) for r in rows[n_done:]]
+
+
+def bench_reconcile(n_done: int, work: Path, n_flight: int = 1000) -> dict[str, Any]:
+    """One reconcile pass: n_flight in flight among n_done done (catalogs on disk)."""
+    from daemon.standin.flt import make_flt
+    from lambda_sep.handler import handler
+
+    db = work / f"rec-{n_done}.db"
+    flight = _populate(db, n_done, n_flight)
+    out = work / f"out-{n_done}"
+    # One real catalog, copied where the finished datasets' catalogs belong.
+    src = work / "src"
+    key = "hst/public/icxe/icxe15wwq/icxe15wwq_flt.fits"
+    (src / Path(key).parent).mkdir(parents=True, exist_ok=True)
+    (src / key).write_bytes(make_flt("icxe15wwq", seed=1)[0])
+    os.environ["MASTMIRROR_ALLOWED_BUCKETS"] = f"file://{src}"
+    os.environ["MASTMIRROR_ALLOWED_OUTPUTS"] = f"file://{src}/out"
+    handler({"obs_id": "icxe15wwq", "input": {"bucket": f"file://{src}", "key": key},
+             "output": f"file://{src}/out", "sep": {}, "attempt": 1})
+    catalog = (src / "out" / key.replace(".fits", "_sep.fits")).read_bytes()
+    with StateStore(db) as store:
+        done_keys = [r[0] for r in store.db.execute(
+            "SELECT input_key FROM datasets WHERE state = 'done'")]
+    for k in done_keys:  # the archive of finished catalogs the reconciler must not scan
+        p = out / k.replace(".fits", "_sep.fits")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+    for i, (_, k) in enumerate(flight):
+        p = out / k.replace(".fits", "_sep.fits")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if i % 2 == 0:
+            p.write_bytes(catalog)
+        elif i % 10 == 1:
+            p.with_name(p.name.replace("_sep.fits", "_sep.error.json")).write_text(json.dumps(
+                {"reason": "bench", "attempt": 1, "retryable": False}))
+    config = config_from_dict({"output": {"url": f"file://{out}"}, "state": {"path": str(db)}},
+                              base_dir=work)
+    with StateStore(db) as store:
+        t0 = time.perf_counter()
+        res = reconcile(store, OutputStore(config.output_url), config.executor)
+        dt = time.perf_counter() - t0
+    shutil.rmtree(out)
+    return {"done": n_done, "in_flight": n_flight, "seconds": round(dt, 3),
+            "settled_done": res.done, "settled_failed": res.failed}
+
+
+def bench_status_and_rss(n_rows: int, work: Path) -> dict[str, Any]:
+    """status on an n_rows database (in-process snapshot and whole command); daemon RSS."""
+    db = work / f"status-{n_rows}.db"
+    _populate(db, n_rows - 1000, 1000)
+    cfg = work / f"status-{n_rows}.toml"
+    cfg.write_text(f'[state]\npath = "{db}"\n[output]\nurl = "{work}/none"\n'
+                   '[mast]\nurl = "http://127.0.0.1:9"\n')
+    from daemon.cli import status_document
+    from daemon.config import load_config
+
+    config = load_config(cfg)
+    status_document(config)  # warm the page cache, as a second `status` would find it
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        status_document(config)
+        times.append(time.perf_counter() - t0)
+    exe = str(Path(sys.executable).with_name("mastmirror"))
+    cmd_times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run([exe, "--config", str(cfg), "status", "--json"], check=True,
+                       capture_output=True)
+        cmd_times.append(time.perf_counter() - t0)
+    # The daemon: open the service on this database, one reconcile and one dispatch pass
+    # (reconcile reads the 1,000 in flight), report its peak RSS.
+    # VmHWM, not getrusage: ru_maxrss survives fork+exec and would report this script's peak.
+    code = ("from daemon.config import load_config\n"
+            "from daemon.service import Service\n"
+            "from lambda_sep.handler import peak_rss_mb\n"
+            f"s = Service(load_config({str(cfg)!r}))\n"
+            "s.open(); s.reconcile_job(); s.dispatch_job(); s.status_line(); s.close()\n"
+            "print(peak_rss_mb())\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True, cwd=ROOT)
+    daemon_rss = float(out.stdout.strip().splitlines()[-1])
+    return {"rows": n_rows, "snapshot_ms": round(min(times) * 1000, 1),
+            "status_command_ms": round(min(cmd_times) * 1000), "daemon_rss_mb": round(daemon_rss),
+            "db_mb": round(db.stat().st_size / 2**20)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="15000,150000,1500000",
+                    help="archive sizes (exposures); status uses 10x each, at most 10M")
+    ap.add_argument("--only", choices=("discovery", "state", "reconcile", "status"),
+                    action="append")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    only = set(args.only or ("discovery", "state", "reconcile", "status"))
+    work = Path(tempfile.mkdtemp(prefix="mm-bench-"))
+    # Log as the daemon does under systemd (JSON lines), to nowhere: terminal rendering of
+    # thousands of lines would be measured otherwise.
+    logs.configure("info", "json", stream=open(os.devnull, "w"))  # noqa: SIM115
+    print(f"# bench_scale: sizes {sizes}, {os.cpu_count()} CPUs, load "
+          f"{os.getloadavg()[0]:.1f}, work dir {work}", flush=True)
+    try:
+        for n in sizes:
+            if "state" in only:
+                print(json.dumps({"state": bench_state(n, work)}), flush=True)
+            if "discovery" in only:
+                print(json.dumps({"discovery": bench_discovery(n, work)}), flush=True)
+            if "reconcile" in only:
+                print(json.dumps({"reconcile": bench_reconcile(n, work)}), flush=True)
+            if "status" in only:
+                rows = n * 1_000_000 // 150_000  # 1M rows beside the 150k archive
+                print(json.dumps({"status": bench_status_and_rss(rows, work)}), flush=True)
+            for f in work.glob("*.db*"):
+                f.unlink()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
