@@ -71,6 +71,7 @@ def main(ctx: click.Context, config_arg: str | None) -> None:
 def run(obj: _Ctx, once: bool, progress: bool | None) -> None:
     """Run the daemon (or one full cycle with --once)."""
     from daemon.service import Service
+    from state.store import unwritable
 
     config = obj.logging()
     service = Service(config, config_path=obj.path)
@@ -78,6 +79,11 @@ def run(obj: _Ctx, once: bool, progress: bool | None) -> None:
         service.open()
     except AlreadyRunning as exc:
         _fail(str(exc), EXIT_LOCKED)
+    except Exception as exc:
+        reason = unwritable(exc)
+        if reason is None:
+            raise
+        _fail(f"cannot open the state database {config.state_path}: {reason}", EXIT_FAILED)
     try:
         if once:
             show = sys.stderr.isatty() if progress is None else progress
@@ -88,6 +94,8 @@ def run(obj: _Ctx, once: bool, progress: bool | None) -> None:
             code = service.run_forever()
     finally:
         service.close()
+    if service.fatal:
+        _fail(service.fatal, EXIT_FAILED)
     sys.exit(code)
 
 
@@ -126,7 +134,7 @@ def status_document(config: Config) -> dict[str, Any]:
     from state.store import StateStore
 
     try:
-        store = StateStore(config.state_path, create=False)
+        store = StateStore(config.state_path, readonly=True)
     except FileNotFoundError as exc:
         _fail(str(exc), EXIT_FAILED)
     with store:

@@ -63,7 +63,7 @@ def render(sci: np.ndarray, catalog: fits.FITS_rec, out: Path, *, title: str) ->
 def preview(config: Config, obs_id: str, out: Path | None = None) -> Path:
     """Draw the preview of one catalogued dataset; returns the PNG path."""
     try:
-        store = StateStore(config.state_path, create=False)
+        store = StateStore(config.state_path, readonly=True)
     except FileNotFoundError as exc:
         raise PreviewError(str(exc)) from None
     with store:

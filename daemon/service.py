@@ -34,7 +34,7 @@ from daemon.mjd import mjd_to_iso
 from daemon.outputs import OutputStore
 from daemon.reconcile import reconcile
 from daemon.sdnotify import Notifier
-from state.store import StateStore
+from state.store import StateStore, unwritable
 
 log = structlog.get_logger("mastmirror.service")
 
@@ -70,11 +70,12 @@ class CycleSummary:
     failed: int = 0
     seconds: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
+    fatal: str | None = None
 
     @property
     def ok(self) -> bool:
         """True when discovery succeeded (failed datasets are recorded, not a run failure)."""
-        return self.poll is not None and self.poll.ok
+        return self.poll is not None and self.poll.ok and self.fatal is None
 
 
 class Service:
@@ -94,6 +95,8 @@ class Service:
         self._last_poll: PollOutcome | None = None
         self._jobs_running = 0
         self._jobs_lock = threading.Lock()
+        #: Set when the state database cannot be written: the daemon stops and exits 1.
+        self.fatal: str | None = None
         self.store: StateStore | None = None
         self.executor: Executor | None = None
         self.mast: MastClient | None = None
@@ -123,7 +126,13 @@ class Service:
         if self.executor is not None and self.store is not None:
             never = self.executor.close(timeout_s=timeout_s)
             if never:
-                unsent(self.store, list(never), "requeued: the daemon stopped before it ran")
+                try:
+                    unsent(self.store, list(never), "requeued: the daemon stopped before it ran")
+                except Exception as exc:
+                    if unwritable(exc) is None:
+                        raise
+                    # They stay dispatched; the next daemon requeues them as orphans.
+                    log.warning("could not requeue unstarted runs", reason=str(exc))
         if self.mast is not None:
             self.mast.close()
         if self.store is not None:
@@ -145,9 +154,19 @@ class Service:
             self._jobs_running += 1
         try:
             yield
-        except Exception:
-            # A job never takes the daemon down: log it with its traceback, run again later.
-            log.exception("job failed", job=name)
+        except Exception as exc:
+            reason = unwritable(exc)
+            if reason is None:
+                # A job never takes the daemon down: log it with its traceback, run again.
+                log.exception("job failed", job=name)
+            else:
+                # A full disk or a read-only database does not heal by itself: stop, say
+                # why, and leave the database as the last committed transaction left it.
+                self.fatal = f"the state database {self.config.state_path} cannot be " \
+                             f"written: {reason}"
+                log.error("stopping: state database cannot be written", job=name,
+                          database=str(self.config.state_path), reason=reason)
+                self.stop_event.set()
         finally:
             with self._jobs_lock:
                 self._jobs_running -= 1
@@ -229,7 +248,7 @@ class Service:
         log.info("stopping")
         sched.shutdown(wait=False)
         self._await_jobs(timeout_s=10.0)
-        return 0
+        return 1 if self.fatal else 0
 
     def _add_jobs(self, sched: BackgroundScheduler) -> None:
         s = self.config.schedule
@@ -269,8 +288,9 @@ class Service:
                     break
                 self._wake.wait(wait_s)
                 self._wake.clear()
-        final = self.store.counts()
+        final = self.store.counts()  # reads work on a full disk
         summary.counts = final
+        summary.fatal = self.fatal
         summary.done = final["done"] - start_counts["done"]
         summary.failed = final["failed"] - start_counts["failed"]
         summary.seconds = time.monotonic() - started

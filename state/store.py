@@ -12,6 +12,7 @@ Connections are per thread (the scheduler runs jobs on several threads); WAL let
 from __future__ import annotations
 
 import contextlib
+import errno
 import sqlite3
 import threading
 import time
@@ -28,6 +29,27 @@ if TYPE_CHECKING:
 if sqlite3.sqlite_version_info < (3, 35):  # RETURNING and partial-index planning
     raise ImportError(f"mastmirror needs SQLite 3.35 or newer; this Python has "
                       f"{sqlite3.sqlite_version}")
+
+
+_UNWRITABLE = ("database or disk is full", "attempt to write a readonly database",
+               "disk i/o error", "unable to open database file", "read-only file system",
+               "no space left on device")
+
+
+def unwritable(exc: BaseException) -> str | None:
+    """Why the database cannot take writes, if ``exc`` says so (disk full, read-only file
+    system or file, I/O error); else None.
+
+    These do not go away by retrying the job a moment later: the daemon stops and says so.
+    """
+    if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError | OSError):
+        text = str(exc).lower()
+        if any(marker in text for marker in _UNWRITABLE):
+            return str(exc)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT,
+                                                      errno.EIO):
+            return str(exc)
+    return None
 
 
 class Discovered(NamedTuple):
@@ -106,11 +128,15 @@ _ROW_COLUMNS = "obs_id, input_key, state, attempts, dispatches, dispatched_at, e
 class StateStore:
     """The SQLite state database (created and migrated on first open unless read-only)."""
 
-    def __init__(self, path: str | Path, *, create: bool = True, busy_timeout_s: float = 30.0):
+    def __init__(self, path: str | Path, *, create: bool = True, readonly: bool = False,
+                 busy_timeout_s: float = 30.0):
+        """Open (``create``: create and migrate) the database; ``readonly`` never writes."""
         self.path = Path(path)
+        create = create and not readonly
         if not create and not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no state database here (has the daemon run?)")
         self._create = create
+        self._readonly = readonly
         self._busy_timeout_s = busy_timeout_s
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
@@ -130,19 +156,33 @@ class StateStore:
         if conn is None:
             if self._create:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            uri = f"file:{self.path}?mode={'rwc' if self._create else 'rw'}"
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per transition.
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None,
-                                   timeout=self._busy_timeout_s, check_same_thread=False)
+            mode = "ro" if self._readonly else "rwc" if self._create else "rw"
+            conn = self._connect(f"file:{self.path}?mode={mode}")
             if self._create:
                 conn.execute("PRAGMA journal_mode = WAL")
-            # NORMAL is crash-safe in WAL mode (a killed process loses nothing committed).
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA foreign_keys = ON")
+            if not self._readonly:
+                # NORMAL is crash-safe in WAL mode (a killed process loses nothing committed).
+                conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
             self._local.conn = conn
             with self._all_lock:
                 self._all.append(conn)
+        return conn
+
+    def _connect(self, uri: str) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per transition.
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None,
+                               timeout=self._busy_timeout_s, check_same_thread=False)
+        if not self._readonly:
+            return conn
+        try:
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+        except sqlite3.OperationalError:
+            # A WAL database on read-only media cannot make its shared-memory index; read
+            # it as immutable instead (nothing can be writing to a read-only file system).
+            conn.close()
+            conn = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None,
+                                   check_same_thread=False)
         return conn
 
     @property

@@ -292,3 +292,15 @@ def test_a_killed_writer_leaves_a_sound_database(tmp_path: Path) -> None:
         assert s.counts()["total"] == 10  # the first window, whole; nothing of the second
         assert s.cursor() == 2.0
         assert s.counts() == _true_counts(s)
+
+
+def test_a_read_only_store_reads_and_never_writes(tmp_path: Path) -> None:
+    with StateStore(tmp_path / "r.db") as s:
+        _record(s, _exposures(3))
+    with StateStore(tmp_path / "r.db", readonly=True) as ro:
+        assert ro.counts()["new"] == 3 and ro.snapshot().counts["total"] == 3
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            ro.claim_new(1, executor="local", run_id="r")
+    with pytest.raises(FileNotFoundError):
+        StateStore(tmp_path / "none.db", readonly=True)
+    assert not (tmp_path / "none.db").exists()

@@ -161,6 +161,37 @@ def test_broken_image_leaves_marker_not_catalog(local: Local, kind: str) -> None
                    attempt=3)
 
 
+def _with_primary_cards(data: bytes, n_cards: int) -> bytes:
+    """The FLT with ``n_cards`` COMMENT cards added to its primary header (before END)."""
+    end = data.index(b"END" + b" " * 77)  # the primary header's END card
+    primary_blocks = -(-(end + 80) // 2880) * 2880
+    cards = b"".join(f"COMMENT filler card {i:<58d}".encode()[:80].ljust(80)
+                     for i in range(n_cards))
+    header = data[:end] + cards + data[end:end + 80]
+    header += b" " * (-len(header) % 2880)
+    return header + data[primary_blocks:]
+
+
+def test_a_large_header_is_read(local: Local, exposure) -> None:
+    """A primary header of 100 blocks (3,600 extra cards) is unusual, not wrong."""
+    key = local.put("icxe15wwq", _with_primary_cards(exposure.data, 3600))
+    summary = handler(local.event("icxe15wwq", key))
+    assert summary["status"] == "done", summary["reason"]
+    assert summary["sources"] > 100
+
+
+def test_a_huge_header_is_refused(local: Local, exposure) -> None:
+    """Past MAX_HEADER_BLOCKS (5.8 MB of cards) the file is refused, not read forever."""
+    from lambda_sep.fitsread import MAX_HEADER_BLOCKS
+
+    data = _with_primary_cards(exposure.data, MAX_HEADER_BLOCKS * 36 + 36)
+    key = local.put("icxe15wwq", data)
+    summary = handler(local.event("icxe15wwq", key))
+    assert summary["status"] == "failed"
+    assert summary["bytes_read"] <= (MAX_HEADER_BLOCKS + 30) * 2880
+    _assert_marker(local, key, reason="no END card within", exception="ImageError")
+
+
 def test_missing_object(local: Local) -> None:
     """Retryable: MAST can list a release before the bucket has the file."""
     summary = handler(local.event("icxe15wwq"))
