@@ -106,7 +106,8 @@ def bench_state(n: int, work: Path) -> dict[str, Any]:
         poll_id = store.begin_poll("backfill", 55000.0)
         t0 = time.perf_counter()
         for i in range(0, n, 1000):
-            store.record_window(poll_id, 55000.0 + i, rows[i:i + 1000], observations=0,
+            chunk = rows[i:i + 1000]
+            store.record_window(poll_id, chunk[-1].release_mjd, chunk, observations=0,
                                 products=0)
         dt = time.perf_counter() - t0
     return {"datasets": n, "seconds": round(dt, 2), "per_second": round(n / dt)}
@@ -118,7 +119,8 @@ def _populate(db: Path, n_done: int, n_flight: int) -> list[tuple[str, str]]:
         poll_id = store.begin_poll("backfill", 55000.0)
         rows = _rows(n_done + n_flight)
         for i in range(0, len(rows), 50_000):
-            store.record_window(poll_id, 55000.0 + i, rows[i:i + 50_000], observations=0,
+            chunk = rows[i:i + 50_000]
+            store.record_window(poll_id, chunk[-1].release_mjd, chunk, observations=0,
                                 products=0)
         with store.transaction() as conn:
             conn.execute("UPDATE datasets SET state = 'done', done_at = ?, attempts = 1, "

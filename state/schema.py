@@ -47,7 +47,6 @@ _V1 = [
     "CREATE INDEX datasets_new ON datasets (release_mjd, obs_id) WHERE state = 'new'",
     "CREATE INDEX datasets_in_flight ON datasets (dispatched_at) WHERE state = 'dispatched'",
     "CREATE INDEX datasets_failed ON datasets (failed_at) WHERE state = 'failed'",
-    "CREATE INDEX datasets_done_at ON datasets (done_at) WHERE state = 'done'",
     """
     CREATE TABLE state_counts (
         state TEXT PRIMARY KEY,
@@ -71,6 +70,21 @@ _V1 = [
     WHEN OLD.state <> NEW.state BEGIN
         UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
         UPDATE state_counts SET n = n + 1 WHERE state = NEW.state;
+    END
+    """,
+    # Finished datasets per minute, kept by a trigger: status's throughput in O(1), however
+    # many datasets finished in the last day.
+    """
+    CREATE TABLE done_per_minute (
+        minute INTEGER PRIMARY KEY,
+        n      INTEGER NOT NULL
+    )
+    """,
+    """
+    CREATE TRIGGER datasets_done_rate AFTER UPDATE OF state ON datasets
+    WHEN NEW.state = 'done' AND OLD.state <> 'done' BEGIN
+        INSERT INTO done_per_minute (minute, n) VALUES (CAST(NEW.done_at / 60 AS INTEGER), 1)
+        ON CONFLICT (minute) DO UPDATE SET n = n + 1;
     END
     """,
     """

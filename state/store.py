@@ -492,10 +492,9 @@ class StateStore:
             fails = conn.execute(
                 "SELECT obs_id, error, failed_at, attempts FROM datasets WHERE state = 'failed' "
                 "ORDER BY failed_at DESC LIMIT ?", (failures,)).fetchall()
-            hour = conn.execute("SELECT count(*) FROM datasets WHERE state = 'done' AND "
-                                "done_at >= ?", (now - 3600,)).fetchone()[0]
-            day = conn.execute("SELECT count(*) FROM datasets WHERE state = 'done' AND "
-                               "done_at >= ?", (now - 86400,)).fetchone()[0]
+            rate = "SELECT coalesce(sum(n), 0) FROM done_per_minute WHERE minute >= ?"
+            hour = conn.execute(rate, (int((now - 3600) // 60),)).fetchone()[0]
+            day = conn.execute(rate, (int((now - 86400) // 60),)).fetchone()[0]
             rejected = conn.execute("SELECT count(*) FROM rejects").fetchone()[0]
         poll_keys = ("id", "kind", "started_at", "finished_at", "window_lo_mjd",
                      "window_hi_mjd", "ok", "error", "windows", "observations", "products",

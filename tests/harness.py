@@ -8,6 +8,8 @@ from pathlib import Path
 
 import boto3
 
+from daemon.config import load_config
+from daemon.service import CycleSummary, Service
 from daemon.standin.archive import Archive, Exposure
 from daemon.standin.flt import make_flt
 from daemon.standin.mast import MastStandin
@@ -69,6 +71,15 @@ class Pipeline:
         new = self.archive.release(n)
         self.upload(new)
         return new
+
+    def run_once(self) -> CycleSummary:
+        """``mastmirror run --once`` in this process: one Service, one cycle, closed."""
+        service = Service(load_config(self.config_path), config_path=self.config_path)
+        service.open()
+        try:
+            return service.run_once()
+        finally:
+            service.close()
 
     def write_config(self, **overrides: dict[str, object]) -> Path:
         """config.toml for this pipeline; ``overrides`` replace keys, section by section."""

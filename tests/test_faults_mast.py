@@ -119,12 +119,7 @@ def test_planted_bad_products_are_refused_and_nothing_escapes(pipeline: Pipeline
     p = pipeline
     for kind in BAD_KINDS:
         p.archive.plant_bad(kind, at_mjd=60400.0)
-    service = Service(load_config(p.config_path), config_path=p.config_path)
-    service.open()
-    try:
-        summary = service.run_once()
-    finally:
-        service.close()
+    summary = p.run_once()
     n = len(p.archive.exposures())
     assert summary.ok and summary.done == n and summary.counts["total"] == n
     doc = _status(p)

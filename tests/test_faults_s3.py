@@ -17,7 +17,6 @@ from harness import Pipeline
 from s3_fault_proxy import S3FaultProxy
 
 from daemon.config import load_config
-from daemon.service import Service
 from lambda_sep.catalog import RUN_SPECIFIC_KEYWORDS
 from lambda_sep.handler import handler
 from state.store import StateStore
@@ -61,12 +60,7 @@ def test_the_pipeline_survives_a_faulty_s3(pipeline: Pipeline, monkeypatch: pyte
 
     with S3FaultProxy(p.endpoint, rate=0.3, seed=7) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        service = Service(load_config(p.config_path), config_path=p.config_path)
-        service.open()
-        try:
-            summary = service.run_once()
-        finally:
-            service.close()
+        summary = p.run_once()
     faults = {k: v for k, v in proxy.counts.items() if not k.startswith("requests")}
     print("\nS3 faults injected:", json.dumps(dict(sorted(proxy.counts.items()))))
     assert sum(faults.values()) >= 10, proxy.counts  # the run really met trouble

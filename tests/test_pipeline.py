@@ -29,15 +29,6 @@ from daemon.standin.flt import make_broken_flt
 from state.store import StateStore
 
 
-def _run_once(p: Pipeline, **kw: Any) -> Any:
-    service = Service(load_config(p.config_path), config_path=p.config_path, **kw)
-    service.open()
-    try:
-        return service.run_once()
-    finally:
-        service.close()
-
-
 def _status(p: Pipeline) -> dict[str, Any]:
     result = CliRunner().invoke(main, ["--config", str(p.config_path), "status", "--json"])
     assert result.exit_code == 0, result.output
@@ -88,14 +79,14 @@ def test_run_once_catalogs_every_exposure_then_only_the_new_ones(pipeline: Pipel
     # M more released: the next cycle dispatches exactly those M.
     before = _dispatches(p)
     new = p.release(3)
-    summary = _run_once(p)
+    summary = p.run_once()
     assert summary.poll.new == 3 and summary.dispatched == 3 and summary.done == 3
     after = _dispatches(p)
     assert {k for k in after if k not in before} == {e.dataset for e in new}
     assert all(after[k] == before[k] for k in before)
 
     # A restart on the same database dispatches nothing again.
-    again = _run_once(p)
+    again = p.run_once()
     assert again.poll.ok and again.poll.new == 0 and again.dispatched == 0
     assert _dispatches(p) == after
     assert _status(p)["datasets"]["done"] == n + 3
@@ -106,7 +97,7 @@ def test_one_unreadable_exposure_fails_with_its_reason(pipeline: Pipeline) -> No
     exposures = p.archive.exposures()
     bad = exposures[2]
     p.s3().put_object(Bucket=p.bucket, Key=bad.key, Body=make_broken_flt("truncated", bad.dataset))
-    summary = _run_once(p)
+    summary = p.run_once()
     assert summary.failed == 1 and summary.done == len(exposures) - 1
     doc = _status(p)
     (failure,) = doc["recent_failures"]
@@ -119,7 +110,7 @@ def test_one_unreadable_exposure_fails_with_its_reason(pipeline: Pipeline) -> No
     p.s3().put_object(Bucket=p.bucket, Key=bad.key, Body=flt_bytes(bad.dataset))
     result = CliRunner().invoke(main, ["--config", str(p.config_path), "retry"])
     assert result.exit_code == 0 and "1 dataset(s) back to new" in result.output
-    summary = _run_once(p)
+    summary = p.run_once()
     assert summary.done == 1 and _status(p)["datasets"]["failed"] == 0
 
 
@@ -149,7 +140,7 @@ def test_a_result_that_never_arrives_is_dispatched_again_then_failed(pipeline: P
     hole = _BlackHole()
     monkeypatch.setattr("daemon.service.make_executor", lambda config, on_result=None: hole)
     started = time.monotonic()
-    summary = _run_once(p)
+    summary = p.run_once()
     n = len(p.archive.exposures())
     assert summary.failed == n and summary.done == 0
     assert len(hole.events) == 3 * n  # each dataset dispatched max_attempts times
@@ -211,7 +202,7 @@ def test_reconcile_reads_results_concurrently_from_s3(pipeline: Pipeline) -> Non
     out_bucket = p.bucket + "-out"
     p.s3().create_bucket(Bucket=out_bucket)
     p.write_config(output={"url": f"s3://{out_bucket}/mirror"})
-    summary = _run_once(p)
+    summary = p.run_once()
     n = len(p.archive.exposures())
     assert summary.done == n
     keys = [o["Key"] for o in p.s3().list_objects_v2(Bucket=out_bucket)["Contents"]]
@@ -224,7 +215,7 @@ def test_reconcile_reads_results_concurrently_from_s3(pipeline: Pipeline) -> Non
 
 def test_nothing_is_left_running(pipeline: Pipeline) -> None:
     """Closing a service joins its pool: no worker process outlives it."""
-    _run_once(pipeline)
+    pipeline.run_once()
     import multiprocessing
 
     assert multiprocessing.active_children() == []
@@ -253,7 +244,7 @@ def test_the_lambda_executor_end_to_end(pipeline: Pipeline, monkeypatch: Any) ->
         fn.arm("503", times=2)
         fn.arm("lose", times=1, obs_id=lost)  # accepted (202), never run
         monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", fn.url)
-        summary = _run_once(p)
+        summary = p.run_once()
     assert summary.done == len(exposures) and summary.failed == 0
     with StateStore(config.state_path, create=False) as s:
         rows = {r["obs_id"]: r for r in s.db["datasets"].rows}

@@ -304,3 +304,15 @@ def test_a_read_only_store_reads_and_never_writes(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         StateStore(tmp_path / "none.db", readonly=True)
     assert not (tmp_path / "none.db").exists()
+
+
+def test_throughput_counts_by_the_minute(store: StateStore) -> None:
+    _record(store, _exposures(10))
+    now = 1_000_000.0
+    rows = store.claim_new(10, executor="local", run_id="r", now=now - 7300)
+    store.mark_done([Finished(r.obs_id, "k") for r in rows[:4]], now=now - 7200)  # 2 h ago
+    store.mark_done([Finished(r.obs_id, "k") for r in rows[4:7]], now=now - 60)
+    store.mark_done([Finished(r.obs_id, "k") for r in rows[4:7]], now=now)  # no double count
+    snap = store.snapshot(now=now)
+    assert (snap.done_last_hour, snap.done_last_day) == (3, 7)
+    assert store.retry_failed() == [] and store.snapshot(now=now).done_last_day == 7

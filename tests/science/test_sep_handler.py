@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -322,6 +323,17 @@ def s3env(s3: boto3.client, bucket: str, monkeypatch: pytest.MonkeyPatch
     return s3, bucket, out_bucket
 
 
+@contextlib.contextmanager
+def _hooked(event: str, hook: Callable[..., Any]) -> Iterator[None]:
+    """A botocore event hook on the handler's shared S3 client, for the block only."""
+    client = storage.s3_client()
+    client.meta.events.register(event, hook)
+    try:
+        yield
+    finally:
+        client.meta.events.unregister(event, hook)
+
+
 def _s3_event(bucket: str, out_bucket: str, obs_id: str = "icxe15wwq", **over: Any
               ) -> dict[str, Any]:
     ev = {"obs_id": obs_id, "input": {"bucket": bucket, "key": archive_key(obs_id)},
@@ -338,12 +350,8 @@ def test_s3_good_image_with_metadata(s3env, exposure) -> None:
     def record(params: dict, **kwargs: object) -> None:
         ranges.append(params["headers"].get("Range", "WHOLE"))
 
-    client = storage.s3_client()
-    client.meta.events.register("before-call.s3.GetObject", record)
-    try:
+    with _hooked("before-call.s3.GetObject", record):
         summary = handler(_s3_event(bucket, out_bucket))
-    finally:
-        client.meta.events.unregister("before-call.s3.GetObject", record)
     assert summary["status"] == "done", summary
     cat_key = "catalogs/hst/public/icxe/icxe15wwq/icxe15wwq_flt_sep.fits"
     head = s3.head_object(Bucket=out_bucket, Key=cat_key)
@@ -394,12 +402,8 @@ def test_s3_throttled_input_is_retryable(s3env, exposure,
     def throttle(request: object, **kwargs: object) -> AWSResponse:
         return AWSResponse("http://x", 503, {}, _Raw())
 
-    client = storage.s3_client()
-    client.meta.events.register("before-send.s3.GetObject", throttle)
-    try:
+    with _hooked("before-send.s3.GetObject", throttle):
         summary = handler(_s3_event(bucket, out_bucket))
-    finally:
-        client.meta.events.unregister("before-send.s3.GetObject", throttle)
     assert summary["status"] == "failed" and summary["retryable"] is True
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=out_bucket)["Contents"]]
     assert keys == ["catalogs/hst/public/icxe/icxe15wwq/icxe15wwq_flt_sep.error.json"]
