@@ -122,11 +122,16 @@ def _populate(db: Path, n_done: int, n_flight: int) -> list[tuple[str, str]]:
             chunk = rows[i:i + 50_000]
             store.record_window(poll_id, chunk[-1].release_mjd, chunk, observations=0,
                                 products=0)
+        # In chunks of rowids: one 10M-row UPDATE (with its triggers) would need the whole
+        # change in one transaction.
+        done_at = time.time() - 7200
+        for lo in range(1, n_done + 1, 500_000):
+            hi = min(lo + 500_000 - 1, n_done)
+            with store.transaction() as conn:
+                conn.execute("UPDATE datasets SET state = 'done', done_at = ?, attempts = 1, "
+                             "dispatches = 1, catalog_key = input_key, sources = 100 "
+                             "WHERE rowid BETWEEN ? AND ?", (done_at, lo, hi))
         with store.transaction() as conn:
-            conn.execute("UPDATE datasets SET state = 'done', done_at = ?, attempts = 1, "
-                         "dispatches = 1, catalog_key = input_key, sources = 100 "
-                         "WHERE obs_id IN (SELECT obs_id FROM datasets ORDER BY release_mjd "
-                         "LIMIT ?)", (time.time() - 7200, n_done))
             conn.execute("UPDATE datasets SET state = 'dispatched', dispatched_at = ?, "
                          "attempts = 1, dispatches = 1, executor = 'lambda', run_id = 'b' "
                          "WHERE state = 'new'", (time.time(),))

@@ -7,9 +7,14 @@ Exit codes: 0 success, 1 the work failed (for example MAST did not answer during
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
+
+# Config validation must not depend on whatever pydantic plugins happen to be installed,
+# and looking them up (entry-point scanning) is a tenth of `status`'s start-up.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 import click
 

@@ -76,8 +76,32 @@ class LocalContext:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
+def exit_with_parent() -> None:
+    """In a pool worker: exit as soon as the process that started it is gone.
+
+    A killed daemon (kill -9, OOM) cannot tell its pool to stop, and a worker blocked on the
+    pool's queue never sees end-of-file (every worker holds the queue's write end too), so
+    orphans would live forever; the daemon's next run requeues their work anyway. The
+    parent's sentinel (a pipe multiprocessing opens at spawn) reports the death even if it
+    happened before this worker got here.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def _worker_init(env: Mapping[str, str]) -> None:
+    exit_with_parent()
     os.environ.update(env)
+    # The handler logs one JSON line per run to stdout (CloudWatch under Lambda); here that
+    # is the daemon's log stream, stderr, not the command's output.
+    os.dup2(2, 1)
     # Import the function once per worker, as a warm Lambda container would have it.
     import lambda_sep.handler  # noqa: F401
 
@@ -152,11 +176,6 @@ class LocalExecutor:
         with self._lock:
             lost, self._lost = self._lost, []
         return lost
-
-    def busy(self) -> int:
-        """Events queued or running."""
-        with self._lock:
-            return len(self._pending)
 
     def close(self, *, timeout_s: float = 30.0) -> list[Mapping[str, Any]]:
         """Cancel what has not started, give running work ``timeout_s`` to finish, then stop.

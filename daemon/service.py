@@ -124,6 +124,8 @@ class Service:
     def close(self, *, timeout_s: float = 20.0) -> None:
         """Stop the executor within ``timeout_s``, put back what never started, release all."""
         if self.executor is not None and self.store is not None:
+            # Tell systemd the stop may take this long (local runs finishing).
+            self.notifier.extend_timeout(timeout_s + 10.0)
             never = self.executor.close(timeout_s=timeout_s)
             if never:
                 try:

@@ -43,6 +43,25 @@ def _content_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def _orphans(since: float) -> list[int]:
+    """Pool workers started after ``since`` whose parent is gone (reparented to pid 1)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    boot = time.time() - float(Path("/proc/uptime").read_text().split()[0])
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        started = boot + int(fields[19]) / ticks
+        if b"spawn_main" in cmdline and fields[1] == "1" and started >= since:
+            found.append(int(proc.name))
+    return found
+
+
 def _catalogs(root: Path) -> dict[str, Path]:
     return {p.name.removesuffix("_flt_sep.fits"): p for p in root.rglob("*_sep.fits")}
 
@@ -60,6 +79,7 @@ def test_kill_9_at_random_moments(pipeline: Pipeline, tmp_path: Path) -> None:
     log = tmp_path / "daemons.log"
     notify = NotifySocket.at_path()  # a short temporary path: AF_UNIX names are limited
     started = time.monotonic()
+    wall_start = time.time()
     with log.open("ab") as out:
         for _ in range(ROUNDS):
             p.release(rnd.choice((0, 1, 1, 2)))
@@ -103,6 +123,11 @@ def test_kill_9_at_random_moments(pipeline: Pipeline, tmp_path: Path) -> None:
         assert digests.setdefault(obs_id, d) == d, f"{obs_id}: catalog content changed"
         assert rows[obs_id]["sources"] == fits.getheader(path, 1)["NAXIS2"]
     assert changed == 0
+    # No worker outlives its killed daemon for long (they watch their parent).
+    deadline = time.monotonic() + 10
+    while _orphans(wall_start) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _orphans(wall_start) == []
     # "done" is logged at most once per dataset over all the daemons' lives.
     done_lines: dict[str, int] = {}
     for line in log.read_text().splitlines():

@@ -254,3 +254,21 @@ def test_the_lambda_executor_end_to_end(pipeline: Pipeline, monkeypatch: Any) ->
     assert all(r["sources"] > 10 and r["duration_ms"] for r in rows.values())
     keys = {o["Key"] for o in p.s3().list_objects_v2(Bucket=out_bucket)["Contents"]}
     assert keys == {f"mirror/{e.key.replace('.fits', '_sep.fits')}" for e in exposures}
+
+
+def test_preview_draws_the_image_with_its_catalog(pipeline: Pipeline, tmp_path: Path) -> None:
+    import struct
+
+    p = pipeline
+    p.run_once()
+    obs = p.archive.exposures()[0].dataset
+    out = tmp_path / "p.png"
+    result = CliRunner().invoke(main, ["--config", str(p.config_path), "preview", obs.upper(),
+                                       "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    png = out.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])
+    assert (width, height) == (1014, 1054)  # the image at 1:1, plus a title strip
+    missing = CliRunner().invoke(main, ["--config", str(p.config_path), "preview", "iabc12xyq"])
+    assert missing.exit_code == 1 and "not in the state database" in missing.output

@@ -51,6 +51,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from daemon.executors import exit_with_parent
+
 FAULTS = ("throttle", "500", "502", "503", "drop", "drop-accepted", "lose")
 INVOKE_PREFIX = "/2015-03-31/functions/"
 # Lambda's limit on an asynchronous event (256 KB), and on a synchronous one (6 MB).
@@ -92,6 +94,7 @@ def _load(handler: str) -> Any:
 
 
 def _worker_init(env: Mapping[str, str], handler: str) -> None:
+    exit_with_parent()  # a stand-in killed with its test takes its workers along
     os.environ.update(env)
     # Import at start, as a warm Lambda container has the module loaded.
     _load(handler)
