@@ -58,8 +58,11 @@ def _now() -> str:
 
 def _log(record: dict[str, Any]) -> None:
     # One JSON line per invocation on stdout: CloudWatch Logs under Lambda, the daemon's
-    # journal under the local pool.
-    print(json.dumps(record, sort_keys=True, default=str), flush=True)
+    # journal under the local pool. One write() per line: with PYTHONUNBUFFERED (as under
+    # systemd) print() writes the text and the newline separately, and lines of pool
+    # workers sharing one stream would interleave.
+    sys.stdout.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
 
 
 def _retryable(exc: BaseException) -> bool:

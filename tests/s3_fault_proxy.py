@@ -3,13 +3,15 @@
 boto3 talks to it as if it were S3; it forwards every request to moto unless a fault is
 due, in which case it answers ``503 SlowDown`` (S3's throttling answer), closes the
 connection without answering, or forwards and then cuts the response body half-way. Faults
-are chosen per request by a seeded random generator, so a failing run can be replayed.
+are chosen per request from a hash of the seed, the request (method, path, range) and how
+many times it was made before, so the same run meets the same faults however the threads of
+the daemon and the handler interleave.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
-import random
 import socket
 import threading
 from collections import Counter
@@ -36,7 +38,8 @@ class S3FaultProxy:
         self.kinds = kinds
         self.methods = methods
         self.counts: Counter[str] = Counter()
-        self._rnd = random.Random(seed)
+        self._seed = seed
+        self._seen: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
@@ -48,14 +51,19 @@ class S3FaultProxy:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def fault_for(self, method: str) -> str | None:
+    def fault_for(self, method: str, path: str, byte_range: str) -> str | None:
         """The fault this request meets, if any (and count it)."""
+        # Without the bucket (tests name theirs at random), so a seed means the same faults.
+        request = f"{method} {path.lstrip('/').partition('/')[2]} {byte_range}"
         with self._lock:
             self.counts[f"requests {method}"] += 1
-            if method not in self.methods or self._rnd.random() >= self.rate:
+            self._seen[request] += 1
+            digest = hashlib.sha256(f"{self._seed}|{request}|{self._seen[request]}".encode())
+            draw = int.from_bytes(digest.digest()[:8], "big") / 2**64
+            if method not in self.methods or draw >= self.rate:
                 return None
             kinds = [k for k in self.kinds if not (k == "cut" and method == "HEAD")]
-            kind = self._rnd.choice(kinds)
+            kind = kinds[int(draw / self.rate * len(kinds))]
             self.counts[f"{kind} {method}"] += 1
             return kind
 
@@ -90,7 +98,7 @@ def _handler(proxy: S3FaultProxy) -> type[BaseHTTPRequestHandler]:
 
         def _serve(self) -> None:
             body = self._body()
-            fault = proxy.fault_for(self.command)
+            fault = proxy.fault_for(self.command, self.path, self.headers.get("Range", ""))
             if fault == "drop":
                 # Nothing back at all: the client sees the connection closed.
                 self.connection.shutdown(socket.SHUT_RDWR)
