@@ -20,6 +20,7 @@ import click
 
 from daemon import __version__
 from daemon.config import Config, ConfigError, find_config, load_config
+from daemon.lambda_cli import lambda_group
 from daemon.lock import AlreadyRunning, InstanceLock
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 1, 2, 3
@@ -166,8 +167,6 @@ def retry(obj: _Ctx, obs_ids: tuple[str, ...]) -> None:
     if missing:
         _fail(f"not failed (or unknown): {', '.join(missing)}", EXIT_FAILED)
 
-
-from daemon.lambda_cli import lambda_group  # noqa: E402
 
 main.add_command(lambda_group, "lambda")
 
