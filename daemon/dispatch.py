@@ -56,7 +56,14 @@ def dispatch(store: StateStore, executor: Executor, config: Config, *, run_id: s
         if not rows:
             break
         events = [make_event(r, config) for r in rows]
-        results = executor.submit(events)
+        try:
+            results = executor.submit(events)
+        except BaseException as exc:
+            # Whatever went wrong, these never reached the function: give them back now
+            # rather than after a timeout.
+            store.unclaim([(r.obs_id, r.dispatches) for r in rows],
+                          reason=f"not sent: {type(exc).__name__}: {exc}")
+            raise
         ok = [(s.obs_id, s.request_id, s.dispatch) for s in results if s.error is None]
         if ok:
             store.set_request_ids((o, r or "", d) for o, r, d in ok)

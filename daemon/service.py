@@ -141,6 +141,14 @@ class Service:
             self.store.close()
         self.lock.release()
 
+    def _retire(self, executor: Executor, timeout_s: float) -> None:
+        """Close an executor replaced by a reload: runs it started finish on their own (the
+        output store has their results either way); what it never started goes back."""
+        never = executor.close(timeout_s=timeout_s)
+        if never and self.store is not None:
+            with self._job("retire"):
+                unsent(self.store, list(never), "requeued: the executor was replaced by a reload")
+
     def _on_result(self, summary: dict[str, Any]) -> None:
         # A local run finished: reconcile soon rather than at the next interval.
         log.debug("local run finished", obs_id=summary.get("obs_id"),
@@ -270,9 +278,13 @@ class Service:
                     "transaction and resumes at the next start")
         return False
 
-    def run_once(self, *, progress: bool = False, wait_s: float = 0.5) -> CycleSummary:
+    def run_once(self, *, progress: bool = False) -> CycleSummary:
         """One poll, dispatch everything new, wait for the results, reconcile, return."""
         assert self.store
+        # A local run wakes the loop when it finishes; Lambda results are only seen by
+        # listing the output store, which costs requests: look at the configured pace.
+        wait_s = 0.5 if self.config.executor.kind == "local" else \
+            self.config.schedule.reconcile_seconds
         started = time.monotonic()
         summary = CycleSummary()
         with _signals(self.stop_event, self._reload), _Progress(progress) as bar:
@@ -322,7 +334,8 @@ class Service:
             if old_v != new_v:
                 log.warning("change needs a restart; keeping the old value",
                             key=f"{section}.{key}", old=old_v, new=new_v)
-                new = new.model_copy(update={section: getattr(self.config, section)})
+                kept = getattr(new, section).model_copy(update={key: old_v})
+                new = new.model_copy(update={section: kept})
         old, self.config = self.config, new
         if new.mast != old.mast and self.mast is not None:
             self.mast.close()
@@ -333,10 +346,8 @@ class Service:
                 or new.output_url != old.output_url) and self.executor is not None:
             retired = self.executor
             self.executor = make_executor(new, self._on_result)
-            # Runs already given to the old executor finish on their own; results are
-            # in the output store either way.
-            threading.Thread(target=retired.close, kwargs={"timeout_s": new.executor.
-                             timeout_seconds}, daemon=True).start()
+            threading.Thread(target=self._retire, args=(retired, new.executor.timeout_seconds),
+                             daemon=True, name="retire-executor").start()
         if new.log.level != old.log.level:
             logs.configure(new.log.level, new.log.format)
         if self._scheduler is not None and new.schedule != old.schedule:

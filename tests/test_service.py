@@ -133,3 +133,28 @@ def test_run_once_on_a_terminal_shows_progress(pipeline: Pipeline) -> None:
     assert "discover" in text and "catalog" in text  # the two progress bars
     assert "━" in text  # rich's bar
     assert f"{len(p.archive.exposures())} done, 0 failed" in text
+
+
+def test_reload_keeps_restart_only_keys_and_applies_the_rest(pipeline: Pipeline) -> None:
+    """In-process: a reload that changes executor.kind keeps the old kind (and says so) but
+    applies the other keys of the same section."""
+    from daemon.config import load_config
+    from daemon.service import Service
+
+    p = pipeline
+    service = Service(load_config(p.config_path), config_path=p.config_path)
+    service.open()
+    try:
+        old_executor = service.executor
+        p.write_config(executor={"kind": "lambda", "max_attempts": 7},
+                       schedule={"reconcile_seconds": 9.0})
+        assert service.reload()
+        assert service.config.executor.kind == "local"
+        assert service.config.executor.max_attempts == 7
+        assert service.config.schedule.reconcile_seconds == 9.0
+        assert service.executor is not old_executor  # rebuilt for the new settings
+        p.config_path.write_text("[executor]\nconcurrency = 0\n")
+        assert not service.reload()
+        assert service.config.executor.max_attempts == 7  # the old configuration stays
+    finally:
+        service.close()

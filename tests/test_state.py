@@ -316,3 +316,4 @@ def test_throughput_counts_by_the_minute(store: StateStore) -> None:
     snap = store.snapshot(now=now)
     assert (snap.done_last_hour, snap.done_last_day) == (3, 7)
     assert store.retry_failed() == [] and store.snapshot(now=now).done_last_day == 7
+
