@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import signal
 import threading
 import time
 import uuid
@@ -76,15 +77,18 @@ class LocalContext:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
-def exit_with_parent() -> None:
-    """In a pool worker: exit as soon as the process that started it is gone.
+def pool_worker_setup() -> None:
+    """Call first in every pool worker: leave Ctrl-C to the parent, die with the parent.
 
-    A killed daemon (kill -9, OOM) cannot tell its pool to stop, and a worker blocked on the
-    pool's queue never sees end-of-file (every worker holds the queue's write end too), so
-    orphans would live forever; the daemon's next run requeues their work anyway. The
-    parent's sentinel (a pipe multiprocessing opens at spawn) reports the death even if it
-    happened before this worker got here.
+    A terminal's Ctrl-C reaches the whole process group; a worker that dies of it breaks the
+    pool under its parent, which is the one that decides what to stop (as systemd's
+    KillMode=mixed does for SIGTERM). And a killed parent (kill -9, OOM) cannot tell its
+    pool to stop, while a worker blocked on the pool's queue never sees end-of-file (every
+    worker holds the queue's write end too), so orphans would live forever; the parent's
+    sentinel (a pipe multiprocessing opens at spawn) reports its death even if it happened
+    before this worker got here.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = multiprocessing.parent_process()
     if parent is None:
         return
@@ -97,7 +101,7 @@ def exit_with_parent() -> None:
 
 
 def _worker_init(env: Mapping[str, str]) -> None:
-    exit_with_parent()
+    pool_worker_setup()
     os.environ.update(env)
     # The handler logs one JSON line per run to stdout (CloudWatch under Lambda); here that
     # is the daemon's log stream, stderr, not the command's output.

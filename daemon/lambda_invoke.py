@@ -42,7 +42,7 @@ import botocore.config
 import botocore.exceptions
 import structlog
 
-from daemon.executors import Lost, Submitted, exit_with_parent
+from daemon.executors import Lost, Submitted, pool_worker_setup
 
 if TYPE_CHECKING:
     from daemon.config import Config
@@ -133,7 +133,7 @@ _process_sender: _Sender | None = None
 def _init_sender_process(function_name: str, threads: int, retry_mode: RetryMode,
                          max_attempts: int) -> None:
     global _process_sender
-    exit_with_parent()  # a killed daemon takes its sender processes along
+    pool_worker_setup()
     client = lambda_client(threads=threads, retry_mode=retry_mode, max_attempts=max_attempts)
     _process_sender = _Sender(function_name, client, threads)
 

@@ -51,7 +51,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from daemon.executors import exit_with_parent
+from daemon.executors import pool_worker_setup
 
 FAULTS = ("throttle", "500", "502", "503", "drop", "drop-accepted", "lose")
 INVOKE_PREFIX = "/2015-03-31/functions/"
@@ -94,7 +94,7 @@ def _load(handler: str) -> Any:
 
 
 def _worker_init(env: Mapping[str, str], handler: str) -> None:
-    exit_with_parent()  # a stand-in killed with its test takes its workers along
+    pool_worker_setup()
     os.environ.update(env)
     # Import at start, as a warm Lambda container has the module loaded.
     _load(handler)
