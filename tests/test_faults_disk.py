@@ -71,6 +71,7 @@ def test_disk_full_stops_the_daemon_and_a_restart_with_space_continues(
         assert daemon.returncode == 1, daemon.stderr[-2000:]
         assert "cannot be written" in daemon.stderr or "cannot open" in daemon.stderr
         assert "disk is full" in daemon.stderr or "No space left" in daemon.stderr
+        print("\ndisk full:", daemon.stderr.strip().splitlines()[-1])
         assert "Traceback" not in daemon.stderr
         assert _integrity(db) == "ok"
         filler.unlink()
@@ -93,6 +94,7 @@ def test_a_read_only_database_stops_the_daemon_and_it_continues_once_writable(
             daemon = _run(p.config_path, "run", timeout=120)
             assert daemon.returncode == 1, daemon.stderr[-2000:]
             assert "read-only" in daemon.stderr.lower() or "readonly" in daemon.stderr.lower()
+            print("\nread-only:", daemon.stderr.strip().splitlines()[-1])
             assert "Traceback" not in daemon.stderr
             status = _run(p.config_path, "status", "--json")  # reading still works
             assert status.returncode == 0, status.stderr
