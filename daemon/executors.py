@@ -3,8 +3,8 @@
 ``LocalExecutor`` runs it in a process pool on this machine with exactly the event a
 Lambda would get; ``daemon.lambda_invoke.LambdaExecutor`` sends it to AWS Lambda. Both
 satisfy ``Executor``. Neither decides a dataset's state: the reconciler reads the output
-store. The local pool can add one thing the output store cannot say: that a worker
-process died (killed, out of memory) before it wrote anything.
+store. The local pool can add what the output store cannot say: that a worker process
+died (killed, out of memory) or ran past its timeout, and so will never write anything.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
+from pebble import ProcessExpired, ProcessFuture, ProcessPool
 
 log = structlog.get_logger("mastmirror.executor")
 
@@ -83,8 +83,8 @@ def pool_worker_setup() -> None:
     A terminal's Ctrl-C reaches the whole process group; a worker that dies of it breaks the
     pool under its parent, which is the one that decides what to stop (as systemd's
     KillMode=mixed does for SIGTERM). And a killed parent (kill -9, OOM) cannot tell its
-    pool to stop, while a worker blocked on the pool's queue never sees end-of-file (every
-    worker holds the queue's write end too), so orphans would live forever; the parent's
+    pool to stop, while a worker blocked reading the pool's task pipe may never see
+    end-of-file (its siblings hold the write end too), so orphans would live forever; the parent's
     sentinel (a pipe multiprocessing opens at spawn) reports its death even if it happened
     before this worker got here.
     """
@@ -116,27 +116,41 @@ def _run(event: Mapping[str, Any], request_id: str, timeout_s: float) -> dict[st
     return handler(dict(event), LocalContext(request_id, timeout_s))
 
 
+Target = Callable[[Mapping[str, Any], str, float], dict[str, Any]]
+
+
 class LocalExecutor:
-    """A pool of ``concurrency`` worker processes running the handler."""
+    """A pool of ``concurrency`` worker processes running the handler.
+
+    Like Lambda, a run gets ``timeout_s`` from the moment it starts: past that its worker is
+    stopped and replaced, and the run reported lost ("timed out"), so a stuck image cannot
+    hold a slot until the daemon restarts. A worker that dies (killed, out of memory) costs
+    only its own run; the other workers go on. pebble's pool does both, which the standard
+    library's cannot (one dead worker breaks a ProcessPoolExecutor and every run in it).
+    """
 
     kind = "local"
 
     def __init__(self, concurrency: int, *, env: Mapping[str, str], timeout_s: float,
-                 on_result: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_result: Callable[[dict[str, Any]], None] | None = None,
+                 target: Target = _run) -> None:
+        """``target`` is what a worker runs for an event: the handler, unless a test or a
+        benchmark needs a run that hangs or dies on purpose (a module-level function)."""
         self.concurrency = concurrency
         self._env = dict(env)
         self._timeout_s = timeout_s
         self._on_result = on_result
+        self._target = target
         self._lock = threading.Lock()
         self._lost: list[Lost] = []
-        self._pending: dict[cf.Future[dict[str, Any]], Mapping[str, Any]] = {}
+        self._pending: dict[ProcessFuture, Mapping[str, Any]] = {}
         self._pool = self._new_pool()
 
-    def _new_pool(self) -> cf.ProcessPoolExecutor:
+    def _new_pool(self) -> ProcessPool:
         # spawn: the daemon runs scheduler threads, and forking a threaded process is unsafe.
-        return cf.ProcessPoolExecutor(max_workers=self.concurrency,
-                                      mp_context=multiprocessing.get_context("spawn"),
-                                      initializer=_worker_init, initargs=(self._env,))
+        return ProcessPool(max_workers=self.concurrency,
+                           context=multiprocessing.get_context("spawn"),
+                           initializer=_worker_init, initargs=(self._env,))
 
     def submit(self, events: Sequence[Mapping[str, Any]]) -> list[Submitted]:
         """Queue events on the pool; request ids are generated here, as Lambda would."""
@@ -145,8 +159,11 @@ class LocalExecutor:
             request_id = str(uuid.uuid4())
             with self._lock:
                 try:
-                    fut = self._pool.submit(_run, event, request_id, self._timeout_s)
-                except (BrokenProcessPool, RuntimeError) as exc:
+                    fut = self._pool.schedule(self._target,
+                                              args=(event, request_id, self._timeout_s),
+                                              timeout=self._timeout_s)
+                except RuntimeError as exc:  # the pool is broken (it could not start a worker)
+                    self._pool.stop()
                     self._pool = self._new_pool()
                     out.append(Submitted(event["obs_id"], event["attempt"], None,
                                          f"local pool unavailable: {exc}"))
@@ -156,7 +173,7 @@ class LocalExecutor:
             out.append(Submitted(event["obs_id"], event["attempt"], request_id))
         return out
 
-    def _done(self, fut: cf.Future[dict[str, Any]]) -> None:
+    def _done(self, fut: ProcessFuture) -> None:
         with self._lock:
             event = self._pending.pop(fut, None)
         if event is None or fut.cancelled():
@@ -166,17 +183,25 @@ class LocalExecutor:
             if self._on_result:
                 self._on_result(fut.result())
             return
-        # The handler catches its own errors, so an exception here means the worker died.
-        reason = f"local worker died: {type(exc).__name__}: {exc}"
+        reason = self._lost_reason(exc)
         log.error("invocation lost", obs_id=event["obs_id"], attempt=event["attempt"],
                   reason=reason)
         with self._lock:
             self._lost.append(Lost(event["obs_id"], event["attempt"], reason))
-            if isinstance(exc, BrokenProcessPool) and not getattr(self._pool, "_mm_closed", False):
-                self._pool = self._new_pool()
+
+    def _lost_reason(self, exc: BaseException) -> str:
+        # The handler catches its own errors, so an exception here is about the worker.
+        if isinstance(exc, TimeoutError):
+            return f"timed out: still running after {self._timeout_s:g} s; worker stopped"
+        if isinstance(exc, ProcessExpired):
+            code = exc.exitcode
+            how = (f"killed by {signal.Signals(-code).name}" if code < 0 and
+                   -code in signal.valid_signals() else f"exit code {code}")
+            return f"local worker died: {how}"
+        return f"local worker failed: {type(exc).__name__}: {exc}"
 
     def drain_lost(self) -> list[Lost]:
-        """Invocations whose worker died, since the last call."""
+        """Invocations whose worker died or ran past the timeout, since the last call."""
         with self._lock:
             lost, self._lost = self._lost, []
         return lost
@@ -184,20 +209,21 @@ class LocalExecutor:
     def close(self, *, timeout_s: float = 30.0) -> list[Mapping[str, Any]]:
         """Cancel what has not started, give running work ``timeout_s`` to finish, then stop.
 
-        Work still running after the bound is abandoned (its workers are terminated); its
+        Work still running after the bound is abandoned (its workers are stopped); its
         datasets stay dispatched and the next daemon requeues them.
         """
         with self._lock:
             pool = self._pool
-            pool._mm_closed = True  # type: ignore[attr-defined]
             pending = dict(self._pending)
-        never_started = [ev for fut, ev in pending.items() if fut.cancel()]
+        # A pebble future cancelled while running stops its worker; only cancel queued ones.
+        never_started = [ev for fut, ev in pending.items() if not fut.running() and fut.cancel()]
         running = [fut for fut in pending if not fut.cancelled()]
         _, still = cf.wait(running, timeout=timeout_s)
         if still:
             log.warning("abandoning local runs at shutdown", running=len(still),
                         obs_ids=[pending[f]["obs_id"] for f in still])
-            for proc in list(getattr(pool, "_processes", {}).values()):
-                proc.terminate()
-        pool.shutdown(wait=not still, cancel_futures=True)
+            pool.stop()
+        else:
+            pool.close()
+        pool.join()
         return never_started
