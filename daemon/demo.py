@@ -11,6 +11,7 @@ starts, it stops, also on Ctrl-C.
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -58,6 +59,8 @@ def _moto() -> Iterator[str]:
         from moto.server import ThreadedMotoServer
     except ImportError:  # pragma: no cover - the demo extra is missing
         raise DemoError("the demo needs moto: pip install 'mastmirror[demo]'") from None
+    # werkzeug logs every request to stderr unless told otherwise; nobody here wants that.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
@@ -87,7 +90,48 @@ def _upload(bucket: str, exposures: list[Exposure], step: Callable[[], None]) ->
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _config(workdir: Path, mast_url: str, bucket: str, since: str) -> Path:
+@dataclass
+class OfflineArchive:
+    """A synthetic archive served on loopback: the MAST stand-in and a moto S3 bucket.
+
+    While it is open, this process's environment points boto3 at the local S3 (children
+    started meanwhile inherit it).
+    """
+
+    archive: Archive
+    bucket: str
+    mast_url: str
+    s3_endpoint: str
+    since: str  # a [mast] since that covers every exposure in the archive
+
+    def upload(self, exposures: list[Exposure], step: Callable[[], None] = lambda: None
+               ) -> None:
+        """Make the FITS files of ``exposures`` and put them in the bucket."""
+        _upload(self.bucket, exposures, step)
+
+
+@contextlib.contextmanager
+def offline_archive(exposures: int, *, days: float = 120.0, seed: int = 2018
+                    ) -> Iterator[OfflineArchive]:
+    """Start the stand-ins for an archive of ``exposures`` released over the last ``days``.
+
+    The bucket starts empty: upload what MAST should be able to serve.
+    """
+    from daemon.standin.mast import MastStandin
+    from lambda_sep.storage import s3_client
+
+    now = mjd(time.time())
+    archive = Archive(exposures, seed=seed, start_mjd=now - days, end_mjd=now - 1.0)
+    bucket = "stpubdata"
+    since = time.strftime("%Y-%m-%d", time.gmtime(time.time() - (days + 1) * 86400))
+    with _moto() as endpoint, MastStandin(archive) as mast, _aws_env(endpoint):
+        s3_client().create_bucket(Bucket=bucket)
+        yield OfflineArchive(archive, bucket, mast.url, endpoint, since)
+
+
+def write_config(workdir: Path, world: OfflineArchive) -> Path:
+    """Write ``workdir/config.toml`` for a daemon on ``world`` (local executor, fast jobs)."""
+    mast_url, bucket, since = world.mast_url, world.bucket, world.since
     path = workdir / "config.toml"
     path.write_text(f"""# Written by `mastmirror demo`: the local stand-ins of MAST and S3.
 [mast]
@@ -155,7 +199,6 @@ def run_demo(workdir: Path, *, exposures: int = 24, release: int = 8,
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from daemon.preview import preview
-    from daemon.standin.mast import MastStandin
 
     con = console or Console(stderr=True)
     started = time.monotonic()
@@ -164,19 +207,14 @@ def run_demo(workdir: Path, *, exposures: int = 24, release: int = 8,
     for old in ("mastmirror.db", "mastmirror.db-wal", "mastmirror.db-shm", "daemon.log"):
         (workdir / old).unlink(missing_ok=True)
 
-    now = mjd(time.time())
-    archive = Archive(exposures, seed=2018, start_mjd=now - 120.0, end_mjd=now - 1.0)
-    bucket = "stpubdata"
-    with _moto() as endpoint, MastStandin(archive) as mast, _aws_env(endpoint):
-        con.print(f"[bold]MAST stand-in[/] {mast.url}   [bold]S3 (moto)[/] {endpoint}")
-        from lambda_sep.storage import s3_client
-
-        s3_client().create_bucket(Bucket=bucket)
+    with offline_archive(exposures) as world:
+        con.print(f"[bold]MAST stand-in[/] {world.mast_url}   "
+                  f"[bold]S3 (moto)[/] {world.s3_endpoint}")
+        archive = world.archive
         first = archive.exposures()
         with _bar(con, f"making {len(first)} synthetic WFC3/IR exposures", len(first)) as step:
-            _upload(bucket, first, step)
-        since = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 121 * 86400))
-        config_path = _config(workdir, mast.url, bucket, since)
+            world.upload(first, step)
+        config_path = write_config(workdir, world)
         con.print(f"[bold]config[/] {config_path}")
         log_path = workdir / "daemon.log"
         with _daemon(config_path, log_path) as daemon:
@@ -191,7 +229,7 @@ def run_demo(workdir: Path, *, exposures: int = 24, release: int = 8,
                     task2 = bar.add_task(f"{release} more released", total=len(first) + release,
                                          info="")
                     store_upload = bar.add_task("  uploading them", total=release, info="")
-                    _upload(bucket, new, lambda: bar.advance(store_upload))
+                    world.upload(new, lambda: bar.advance(store_upload))
                     _wait_for(config_path, len(first) + release, timeout_s, daemon,
                               lambda d: _show(bar, task2, d))
             daemon.send_signal(signal.SIGTERM)
