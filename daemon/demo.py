@@ -54,7 +54,8 @@ def _flt(exposure: Exposure) -> bytes:
 
 
 @contextlib.contextmanager
-def _moto() -> Iterator[str]:
+def moto_s3() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 for as long as the block runs; yields its endpoint URL."""
     try:
         from moto.server import ThreadedMotoServer
     except ImportError:  # pragma: no cover - the demo extra is missing
@@ -124,7 +125,7 @@ def offline_archive(exposures: int, *, days: float = 120.0, seed: int = 2018
     archive = Archive(exposures, seed=seed, start_mjd=now - days, end_mjd=now - 1.0)
     bucket = "stpubdata"
     since = time.strftime("%Y-%m-%d", time.gmtime(time.time() - (days + 1) * 86400))
-    with _moto() as endpoint, MastStandin(archive) as mast, _aws_env(endpoint):
+    with moto_s3() as endpoint, MastStandin(archive) as mast, _aws_env(endpoint):
         s3_client().create_bucket(Bucket=bucket)
         yield OfflineArchive(archive, bucket, mast.url, endpoint, since)
 

@@ -144,6 +144,7 @@ class LocalExecutor:
         self._lock = threading.Lock()
         self._lost: list[Lost] = []
         self._pending: dict[ProcessFuture, Mapping[str, Any]] = {}
+        self._closing = False
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPool:
@@ -183,6 +184,8 @@ class LocalExecutor:
             if self._on_result:
                 self._on_result(fut.result())
             return
+        if self._closing:
+            return  # abandoned at shutdown: left dispatched for the next daemon to requeue
         reason = self._lost_reason(exc)
         log.error("invocation lost", obs_id=event["obs_id"], attempt=event["attempt"],
                   reason=reason)
@@ -222,6 +225,7 @@ class LocalExecutor:
         if still:
             log.warning("abandoning local runs at shutdown", running=len(still),
                         obs_ids=[pending[f]["obs_id"] for f in still])
+            self._closing = True
             pool.stop()
         else:
             pool.close()

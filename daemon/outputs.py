@@ -1,9 +1,18 @@
 """The daemon's one view of the output store: which dispatched datasets have a result.
 
-For each dataset in flight it lists the two possible result keys with one request (the
-catalog ``..._sep.fits`` and the error marker ``..._sep.error.json`` share the prefix
-``..._sep``), then reads the catalog's metadata or the marker. The work is proportional to
-the number in flight, never to the number of catalogs already in the store.
+For each dataset in flight it lists the two possible result keys (the catalog
+``..._sep.fits`` and the error marker ``..._sep.error.json`` share the prefix ``..._sep``),
+then reads the catalog's metadata or the marker. The work is proportional to the number in
+flight, never to the number of catalogs already in the store.
+
+On S3 a LIST costs as much as a PUT, so one LIST per dataset in flight would cost about as
+much as writing the catalogs. Datasets are dispatched in MAST's order, a visit's exposures
+together, and their keys sit side by side under ``hst/public/<first 4>/``: one listing from
+the first of them to the last answers for all. It stops early where the range holds more
+keys than it saves requests (a program's older catalogs between two in-flight datasets);
+the datasets it did not reach are listed one by one, so the requests never grow with the
+number done, and a shared listing never costs more than half a LIST per dataset above the
+one-by-one cost.
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ from typing import Any
 from lambda_sep import storage
 
 CATALOG_SUFFIX = "_sep.fits"
+# Keys in one ListObjectsV2 answer (S3's maximum, and its default).
+LIST_PAGE = 1000
 ERROR_SUFFIX = "_sep.error.json"
 
 
@@ -55,16 +66,24 @@ class Result:
 class OutputStore:
     """Reads results from ``output.url`` (a directory, file:// or s3://)."""
 
-    def __init__(self, url: str, *, workers: int = 32) -> None:
+    def __init__(self, url: str, *, workers: int = 32, shared_listing: bool | None = None
+                 ) -> None:
+        """``shared_listing``: let datasets in flight share LIST requests (see the module);
+        by default on S3 only, since a directory listing costs nothing and a program's
+        directory can be large."""
         self.url = url
         self._store = storage.open_store(url)
+        s3 = url.startswith("s3://")
         # Threads hide network latency (S3) and disk waits (a directory: fewer suffice).
-        self._workers = workers if url.startswith("s3://") else min(workers, 8)
+        self._workers = workers if s3 else min(workers, 8)
+        self._shared_listing = s3 if shared_listing is None else shared_listing
 
     def find(self, obs_id: str, input_key: str) -> Result | None:
         """The catalog (preferred) or error marker for one dataset, or None."""
         stem = _stem(input_key)
-        keys = set(self._store.list(stem + "_sep"))
+        return self._resolve(obs_id, stem, set(self._store.list(stem + "_sep")))
+
+    def _resolve(self, obs_id: str, stem: str, keys: set[str]) -> Result | None:
         cat, err = stem + CATALOG_SUFFIX, stem + ERROR_SUFFIX
         if cat in keys:
             return self._catalog(obs_id, cat)
@@ -76,9 +95,48 @@ class OutputStore:
         """``find`` for many (obs_id, input_key) pairs, concurrently; only those with a result."""
         if not items:
             return {}
+        listed: dict[str, set[str]] = {}  # stem -> its keys, for stems a shared listing covered
         with ThreadPoolExecutor(max_workers=min(self._workers, len(items))) as pool:
-            results = list(pool.map(lambda it: self.find(*it), items))
+            if self._shared_listing:
+                for covered in pool.map(self._list_range, _by_directory(items)):
+                    listed.update(covered)
+
+            def one(item: tuple[str, str]) -> Result | None:
+                stem = _stem(item[1])
+                if stem in listed:
+                    return self._resolve(item[0], stem, listed[stem])
+                return self.find(*item)
+
+            results = list(pool.map(one, items))
         return {r.obs_id: r for r in results if r is not None}
+
+    def _list_range(self, group: tuple[str, list[str]]) -> dict[str, set[str]]:
+        """List ``directory`` from the first stem to the last; the keys of each stem reached.
+
+        Reads at most ``len(stems) // 2`` pages: past that, listing the rest one by one is
+        cheaper, and the stems not reached are left out (their caller lists them alone).
+        """
+        directory, stems = group
+        budget = max(1, len(stems) // 2) * LIST_PAGE
+        keys: dict[str, set[str]] = {stem: set() for stem in stems}
+        pending = iter(stems)  # sorted: each key belongs to the current stem or a later one
+        current = next(pending)
+        last_key = ""
+        ended = True
+        for n, key in enumerate(self._store.list(directory, start_after=stems[0]), 1):
+            last_key = key
+            while current is not None and key > current and not key.startswith(current):
+                current = next(pending, None)  # past every key of ``current``
+            if current is None:
+                break
+            if key.startswith(current + "_sep"):
+                keys[current].add(key)
+            if n == budget:  # stop before the generator asks for another page
+                ended = False
+                break
+        # A stem is answered if the listing ended, or went past all of its keys.
+        return {stem: found for stem, found in keys.items()
+                if ended or (last_key > stem and not last_key.startswith(stem))}
 
     def _catalog(self, obs_id: str, key: str) -> Result | None:
         info = self._store.head(key)
@@ -127,6 +185,18 @@ class OutputStore:
     def read(self, key: str) -> bytes | None:
         """The bytes of one object in the output store (for ``preview``)."""
         return self._store.get(key)
+
+
+def _by_directory(items: Sequence[tuple[str, str]]) -> list[tuple[str, list[str]]]:
+    """Stems grouped by the archive directory above their dataset's (hst/public/<first 4>/),
+    sorted; only directories with two datasets or more are worth a shared listing."""
+    groups: dict[str, set[str]] = {}
+    for _obs_id, input_key in items:
+        stem = _stem(input_key)
+        parts = stem.rsplit("/", 2)
+        if len(parts) == 3:
+            groups.setdefault(parts[0] + "/", set()).add(stem)
+    return [(d, sorted(stems)) for d, stems in sorted(groups.items()) if len(stems) >= 2]
 
 
 def _int(value: Any) -> int | None:

@@ -194,8 +194,9 @@ class ObjectStore(ABC):
         """Remove ``key``; a missing object is not an error."""
 
     @abstractmethod
-    def list(self, prefix: str) -> Iterator[str]:
-        """Keys (relative to the store root) starting with ``prefix``, in lexical order."""
+    def list(self, prefix: str, *, start_after: str = "") -> Iterator[str]:
+        """Keys (relative to the store root) starting with ``prefix``, in lexical order;
+        only those after ``start_after`` when it is given."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
@@ -401,15 +402,17 @@ class S3Store(ObjectStore):
         except botocore.exceptions.BotoCoreError as exc:
             raise _s3_error(exc, self._where(k)) from exc
 
-    def list(self, prefix: str) -> Iterator[str]:
-        """ListObjectsV2 under ``prefix``, paginated; keys relative to the store root."""
+    def list(self, prefix: str, *, start_after: str = "") -> Iterator[str]:
+        """ListObjectsV2 under ``prefix``, paginated (1,000 keys a request, fetched as the
+        caller reads); keys relative to the store root."""
         full = self._key(prefix, allow_empty=True)
         if self.prefix and not prefix:
             full = self.prefix + "/"
         strip = len(self.prefix) + 1 if self.prefix else 0
+        extra = {"StartAfter": self._key(start_after)} if start_after else {}
         try:
             paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full, **extra):
                 for obj in page.get("Contents", ()):
                     yield obj["Key"][strip:]
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
@@ -540,7 +543,7 @@ class FileStore(ObjectStore):
         except OSError as exc:
             raise _os_error(exc, path) from exc
 
-    def list(self, prefix: str) -> Iterator[str]:
+    def list(self, prefix: str, *, start_after: str = "") -> Iterator[str]:
         """Walk the directory holding ``prefix``; skip put_atomic's temporary files."""
         validate_key(prefix, allow_empty=True)
         head = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
@@ -554,7 +557,7 @@ class FileStore(ObjectStore):
                     if _TMP_RE.match(fname):
                         continue
                     rel = rel_dir + fname
-                    if rel.startswith(prefix):
+                    if rel.startswith(prefix) and rel > start_after:
                         keys.append(rel)
         except OSError as exc:
             raise _os_error(exc, base) from exc

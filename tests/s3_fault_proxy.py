@@ -10,6 +10,7 @@ the daemon and the handler interleave.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import socket
@@ -41,6 +42,7 @@ class S3FaultProxy:
         self._seed = seed
         self._seen: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -57,6 +59,8 @@ class S3FaultProxy:
         request = f"{method} {path.lstrip('/').partition('/')[2]} {byte_range}"
         with self._lock:
             self.counts[f"requests {method}"] += 1
+            if method == "GET" and "list-type=" in path:
+                self.counts["requests LIST"] += 1  # a ListObjectsV2 (also counted as a GET)
             self._seen[request] += 1
             digest = hashlib.sha256(f"{self._seed}|{request}|{self._seen[request]}".encode())
             draw = int.from_bytes(digest.digest()[:8], "big") / 2**64
@@ -74,11 +78,27 @@ class S3FaultProxy:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+        # Clients keep connections alive; hang up on them so their handler threads end too.
+        with self._lock:
+            open_connections = list(self._connections)
+        for conn in open_connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
 
 def _handler(proxy: S3FaultProxy) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            with proxy._lock:
+                proxy._connections.add(self.connection)
+
+        def finish(self) -> None:
+            with proxy._lock:
+                proxy._connections.discard(self.connection)
+            super().finish()
 
         def log_message(self, format: str, *args: object) -> None:
             pass

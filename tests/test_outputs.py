@@ -1,0 +1,117 @@
+"""The output store as the reconciler reads it: the same answers whether datasets in flight
+share a listing or are listed alone, and fewer LIST requests on S3 when they share one.
+
+boto3 against moto through the counting proxy (no faults), and a directory store.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from s3_fault_proxy import S3FaultProxy
+
+from daemon import outputs
+from daemon.outputs import OutputStore
+from lambda_sep.storage import open_store, s3_client
+
+
+def _key(dataset: str) -> str:
+    return f"hst/public/{dataset[:4]}/{dataset}/{dataset}_flt.fits"
+
+
+# Three programs; in each, datasets that are done (catalog), failed (marker), in flight
+# with no result yet, and some with both a stale marker and a catalog.
+DATASETS = [f"{prog}{visit:02d}{exp:03d}" for prog in ("ib1a", "ib2b", "ic3c")
+            for visit in range(3) for exp in range(12)]
+
+
+def _fill(url: str, datasets: list[str], *, extra: list[str] = ()) -> dict[str, str]:
+    """Write results for ``datasets`` (by position: catalog, marker, both, nothing) and a
+    catalog for every ``extra`` dataset; return each dataset's expected kind."""
+    store = open_store(url)
+    expected = {}
+    writes = []
+    for i, ds in enumerate(datasets):
+        stem = _key(ds)[: -len(".fits")]
+        kind = ("catalog", "error", "both", None)[i % 4]
+        if kind in ("catalog", "both"):
+            writes.append((stem + "_sep.fits", b"SIMPLE", {"sources": str(i), "attempt": "1"}))
+        if kind in ("error", "both"):
+            writes.append((stem + "_sep.error.json",
+                           json.dumps({"reason": f"broken {ds}", "attempt": 1}).encode(), None))
+        expected[ds] = {"both": "catalog"}.get(kind, kind)
+    for ds in extra:
+        writes.append((_key(ds)[: -len(".fits")] + "_sep.fits", b"SIMPLE", {"sources": "1"}))
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda w: store.put_atomic(w[0], w[1], metadata=w[2]), writes))
+    return expected
+
+
+@pytest.fixture
+def s3_url(aws: str) -> Iterator[tuple[str, S3FaultProxy]]:
+    bucket = f"out-{uuid.uuid4().hex[:8]}"
+    s3_client().create_bucket(Bucket=bucket)
+    with S3FaultProxy(aws) as proxy:
+        yield f"s3://{bucket}/mirror", proxy
+
+
+def _kinds(found: dict[str, outputs.Result], datasets: list[str]) -> dict[str, str | None]:
+    return {ds: (found[ds].kind if ds in found else None) for ds in datasets}
+
+
+def test_shared_listings_answer_as_listing_alone_with_far_fewer_requests(
+        s3_url: tuple[str, S3FaultProxy], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, proxy = s3_url
+    # In flight: every other dataset; the rest are older catalogs between them.
+    in_flight, done = DATASETS[::2], DATASETS[1::2]
+    expected = _fill(url, in_flight, extra=done)
+    items = [(ds, _key(ds)) for ds in in_flight]
+    reader = OutputStore(url)
+    alone = {ds: r for ds, key in items if (r := reader.find(ds, key)) is not None}
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)  # count from here on
+    shared = OutputStore(url).find_many(items)
+    assert _kinds(shared, in_flight) == expected == _kinds(alone, in_flight)
+    assert shared == alone  # the same figures and reasons, not only the same kinds
+    assert shared[in_flight[0]].sources == 0 and shared[in_flight[1]].reason.startswith("broken")
+    # One listing per program instead of one per dataset (54 in flight, 3 programs).
+    assert proxy.counts["requests LIST"] == 3, proxy.counts
+
+
+def test_a_range_too_sparse_for_its_budget_falls_back_to_listing_alone(
+        s3_url: tuple[str, S3FaultProxy], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, proxy = s3_url
+    # Two in flight in one program with 1,100 done catalogs between them: the shared listing
+    # may read one page (1,000 keys), which reaches the first and not the second.
+    in_flight = ["ib1a00000", "ib1a99999"]
+    between = [f"ib1a{n:05d}" for n in range(1, 1101)]
+    expected = _fill(url, in_flight, extra=between)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    found = OutputStore(url).find_many([(ds, _key(ds)) for ds in in_flight])
+    assert _kinds(found, in_flight) == expected == {"ib1a00000": "catalog", "ib1a99999": "error"}
+    assert proxy.counts["requests LIST"] == 2, proxy.counts  # one shared page, then one alone
+
+
+def test_stems_reached_by_a_cut_listing_are_answered_and_the_rest_listed_alone(
+        s3_url: tuple[str, S3FaultProxy], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, _proxy = s3_url
+    # A budget of a few keys: 18 in flight in one program, with done ones between them, hold
+    # more keys than their 9 "pages" of 3.
+    monkeypatch.setattr(outputs, "LIST_PAGE", 3)
+    in_flight = DATASETS[0:36:2]
+    expected = _fill(url, in_flight, extra=DATASETS[1:36:2])
+    found = OutputStore(url).find_many([(ds, _key(ds)) for ds in in_flight])
+    assert _kinds(found, in_flight) == expected
+
+
+def test_a_directory_store_answers_the_same(tmp_path: Path) -> None:
+    url = f"file://{tmp_path}"
+    in_flight = DATASETS[::3]
+    expected = _fill(url, in_flight, extra=DATASETS[1::3])
+    found = OutputStore(url).find_many([(ds, _key(ds)) for ds in in_flight])
+    assert _kinds(found, in_flight) == expected
+    assert OutputStore(url).find_many([]) == {}
