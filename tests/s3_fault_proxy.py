@@ -10,14 +10,15 @@ the daemon and the handler interleave.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import socket
 import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
+
+from daemon.standin.loopback import LoopbackHTTPServer
 
 SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
             b"<Message>Please reduce your request rate.</Message></Error>")
@@ -42,9 +43,7 @@ class S3FaultProxy:
         self._seed = seed
         self._seen: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._connections: set[socket.socket] = set()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
+        self._server = LoopbackHTTPServer(("127.0.0.1", 0), _handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -77,28 +76,12 @@ class S3FaultProxy:
 
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
-        self._server.server_close()
-        # Clients keep connections alive; hang up on them so their handler threads end too.
-        with self._lock:
-            open_connections = list(self._connections)
-        for conn in open_connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+        self._server.server_close()  # also hangs up on kept-alive connections
 
 
 def _handler(proxy: S3FaultProxy) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
-
-        def setup(self) -> None:
-            super().setup()
-            with proxy._lock:
-                proxy._connections.add(self.connection)
-
-        def finish(self) -> None:
-            with proxy._lock:
-                proxy._connections.discard(self.connection)
-            super().finish()
 
         def log_message(self, format: str, *args: object) -> None:
             pass

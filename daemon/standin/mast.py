@@ -41,11 +41,12 @@ import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from daemon.standin.archive import Archive, FilterError, _data
+from daemon.standin.loopback import LoopbackHTTPServer
 
 __all__ = ["FAULT_KINDS", "Fault", "FaultInjector", "MastStandin", "RequestRecord", "main"]
 
@@ -222,8 +223,6 @@ class MastStandin:
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
         #: Tracebacks of requests the stand-in itself failed on (answered with HTTP 500).
         self.errors: list[str] = []
 
@@ -253,10 +252,6 @@ class MastStandin:
         self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
-        with self._conns_lock:
-            for conn in list(self._conns):
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._server = None
@@ -402,8 +397,7 @@ class MastStandin:
                                           "rows_filtered": total})
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(LoopbackHTTPServer):
     allow_reuse_address = True
     # Many concurrent clients (a benchmark, parallel tests) should not be refused.
     request_queue_size = 128
@@ -426,14 +420,8 @@ class _Handler(BaseHTTPRequestHandler):
         # client's delayed ACK (Nagle): 50 ms per request instead of 2.
         with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        st = self.server.standin
-        with st._conns_lock:
-            st._conns.add(self.connection)
 
     def finish(self) -> None:
-        st = self.server.standin
-        with st._conns_lock:
-            st._conns.discard(self.connection)
         with contextlib.suppress(OSError):
             super().finish()
 
