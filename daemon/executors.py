@@ -84,9 +84,9 @@ def pool_worker_setup() -> None:
     pool under its parent, which is the one that decides what to stop (as systemd's
     KillMode=mixed does for SIGTERM). And a killed parent (kill -9, OOM) cannot tell its
     pool to stop, while a worker blocked reading the pool's task pipe may never see
-    end-of-file (its siblings hold the write end too), so orphans would live forever; the parent's
-    sentinel (a pipe multiprocessing opens at spawn) reports its death even if it happened
-    before this worker got here.
+    end-of-file (its siblings hold the write end too), so orphans would live forever; the
+    parent's sentinel (a pipe multiprocessing opens at spawn) reports its death even if it
+    happened before this worker got here.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = multiprocessing.parent_process()
@@ -163,13 +163,20 @@ class LocalExecutor:
                     fut = self._pool.schedule(self._target,
                                               args=(event, request_id, self._timeout_s),
                                               timeout=self._timeout_s)
-                except RuntimeError as exc:  # the pool is broken (it could not start a worker)
-                    self._pool.stop()
-                    self._pool = self._new_pool()
-                    out.append(Submitted(event["obs_id"], event["attempt"], None,
-                                         f"local pool unavailable: {exc}"))
-                    continue
-                self._pending[fut] = event
+                except RuntimeError as exc:
+                    # The pool is broken: pebble gives up when a worker dies while none has a
+                    # run, or when it cannot start one. Replace it, and stop the old one's
+                    # surviving workers (outside the lock: stopping it runs callbacks).
+                    broken, self._pool = self._pool, self._new_pool()
+                    error = f"local pool unavailable: {exc}"
+                else:
+                    broken = None
+                    self._pending[fut] = event
+            if broken is not None:
+                broken.stop()
+                broken.join()
+                out.append(Submitted(event["obs_id"], event["attempt"], None, error))
+                continue
             fut.add_done_callback(self._done)
             out.append(Submitted(event["obs_id"], event["attempt"], request_id))
         return out

@@ -7,6 +7,7 @@ obs_ids say which run hangs or dies.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -125,3 +126,28 @@ def test_close_returns_what_never_started_and_stops_a_stuck_run() -> None:
     assert [e["obs_id"] for e in never] == ["ib02ok", "ib03ok"]
     assert _alive(worker) == set()
     assert executor.drain_lost() == []
+
+
+def test_a_broken_pool_is_replaced_and_its_surviving_workers_stopped() -> None:
+    results = Results()
+    executor = LocalExecutor(2, env={}, timeout_s=60.0, on_result=results,
+                             target=local_runs.run)
+    try:
+        executor.submit([_event("ib00ok")])
+        assert results.wait_for(1) == ["ib00ok"]
+        deadline = time.monotonic() + 30
+        while len(old := _workers()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # An idle worker killed (the out-of-memory killer's choice): pebble gives up the pool.
+        os.kill(min(old), signal.SIGKILL)
+        time.sleep(1.0)
+        first, second = executor.submit([_event("ib01ok"), _event("ib02ok")])
+        # The event that met the broken pool is refused (dispatch gives it back to new), the
+        # next runs on a fresh pool, and the old pool's other worker is gone.
+        assert first.request_id is None and first.error.startswith("local pool unavailable")
+        assert second.error is None
+        assert results.wait_for(2) == ["ib00ok", "ib02ok"]
+        assert not (_workers() & old)
+    finally:
+        executor.close(timeout_s=10)
+    assert _workers() == set()
