@@ -49,8 +49,7 @@ class S3FaultProxy:
     @property
     def url(self) -> str:
         """The proxy's endpoint URL (what AWS_ENDPOINT_URL is set to)."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._server.url
 
     def fault_for(self, method: str, path: str, byte_range: str) -> str | None:
         """The fault this request meets, if any (and count it)."""

@@ -25,6 +25,12 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
         self._connections_lock = threading.Lock()
         super().__init__(*args, **kwargs)
 
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT``, where clients reach it."""
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
             self._connections.add(request)

@@ -270,8 +270,7 @@ class MastStandin:
         """Base URL, e.g. ``http://127.0.0.1:40123`` (what ``mast.url`` is set to)."""
         if self._server is None:
             raise RuntimeError("the stand-in is not running")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._server.url
 
     # ------------------------------------------------------------ inspection
     @property
