@@ -26,9 +26,9 @@ from typing import Any
 from lambda_sep import storage
 
 CATALOG_SUFFIX = "_sep.fits"
+ERROR_SUFFIX = "_sep.error.json"
 # Keys in one ListObjectsV2 answer (S3's maximum, and its default).
 LIST_PAGE = 1000
-ERROR_SUFFIX = "_sep.error.json"
 
 
 def catalog_key(input_key: str) -> str:
