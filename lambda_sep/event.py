@@ -38,6 +38,7 @@ __all__ = [
     "catalog_key",
     "error_key",
     "parse_event",
+    "skip_key",
 ]
 
 ENV_ALLOWED_BUCKETS = "MASTMIRROR_ALLOWED_BUCKETS"
@@ -61,6 +62,11 @@ def catalog_key(input_key: str) -> str:
 def error_key(input_key: str) -> str:
     """``K[:-5] + "_sep.error.json"``: where the error marker of input key K goes."""
     return input_key[: -len(".fits")] + "_sep.error.json"
+
+
+def skip_key(input_key: str) -> str:
+    """``K[:-5] + "_sep.skipped.json"``: where the skip marker of input key K goes."""
+    return input_key[: -len(".fits")] + "_sep.skipped.json"
 
 
 class EventError(ValueError):
@@ -99,6 +105,11 @@ class Event:
     def error_key(self) -> str:
         """Output key of the error marker."""
         return error_key(self.key)
+
+    @property
+    def skip_key(self) -> str:
+        """Output key of the skip marker."""
+        return skip_key(self.key)
 
 
 def _split_env(value: str | None) -> list[str]:

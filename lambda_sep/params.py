@@ -63,7 +63,7 @@ class SepParams:
     """
 
     thresh: float = _spec(
-        3.0, "detection threshold in units of the per-pixel noise (of the filtered image "
+        3.5, "detection threshold in units of the per-pixel noise (of the filtered image "
         "for filter_type='matched')", _float_in(0.0, 1e4, lo_open=True), "a number > 0")
     minarea: int = _spec(10, "minimum number of pixels above threshold", _int_in(1, 10**6),
                          "an integer >= 1")
