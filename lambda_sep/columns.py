@@ -54,7 +54,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("peak", "f4", FLUX, "peak pixel above background"),
     Column("background", "f4", FLUX, "background at the peak"),
     Column("flags", "i2", "", "SEP object flags (1,2,4,8)"),
-    Column("flags_auto", "i2", "", "AUTO flags: SEP 16..128, 256 kron min, 512 circ"),
+    Column("flags_auto", "i2", "", "AUTO flags: SEP 16..128; ours 256, 512, 1024"),
     Column("flags_aper", "i2", "", "SEP aperture flags per aperture", per_aperture=True),
     Column("flags_win", "i2", "", "winpos flags (16, 32); 1 = barycentre used"),
     Column("flags_dq", "i4", "", "OR of DQ bits over the isophote"),

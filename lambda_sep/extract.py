@@ -54,6 +54,7 @@ from lambda_sep.params import SepParams, finite_number
 
 __all__ = [
     "FLAG_CIRCULAR",
+    "FLAG_KRON_MASKED",
     "FLAG_KRON_MIN",
     "FLAG_WIN_FAILED",
     "MASKED_NOISE",
@@ -69,6 +70,7 @@ __all__ = [
 # mastmirror's own bits in ``flags_auto``, above SEP's APER_* bits (16..128).
 FLAG_KRON_MIN = 256  # no usable Kron radius: the minimum aperture scale was used
 FLAG_CIRCULAR = 512  # the circular PHOT_AUTOAPERS fallback aperture was used
+FLAG_KRON_MASKED = 1024  # masked pixels within the Kron-radius search ellipse (6 radii)
 FLAG_WIN_FAILED = 1  # in ``flags_win``: the windowed step failed, x/y are the barycentre
 
 KRON_NSIG = 6.0  # SExtractor's fixed search ellipse for the Kron radius, in isophotal radii
@@ -166,16 +168,17 @@ def _choose_noise_plane(image: Image, good: np.ndarray
         if plane is None:
             continue
         bad = _bad_noise(plane)
+        usable = good & ~bad
         n_good = int(np.count_nonzero(good))
-        n_bad = int(np.count_nonzero(bad & good))
+        n_bad = n_good - int(np.count_nonzero(usable))
         if n_good and n_bad > MAX_BAD_NOISE_SHARE * n_good:
             return ("background rms", None, None, f"{name} unusable: <= 0 or non-finite on "
                     f"{n_bad / n_good:.1%} of good pixels")
         if name == "WHT":  # a relative weight: constant means uniform noise
             return name, plane, bad, ""
         # ERR holds the sources' Poisson noise: a constant one is a placeholder.
-        lo = float(np.min(plane, where=good & ~bad, initial=np.inf))
-        hi = float(np.max(plane, where=good & ~bad, initial=-np.inf))
+        lo = float(np.min(plane, where=usable, initial=np.inf))
+        hi = float(np.max(plane, where=usable, initial=-np.inf))
         if lo == hi:
             return ("background rms", None, None,
                     f"{name} unusable: constant ({lo:g}) on good pixels")
@@ -432,6 +435,9 @@ class _Apertures:
         hit = (flags & sep.APER_HASMASKED) != 0
         if hit.any():
             frac[hit] = self.subset(hit).masked_fraction(frame)
+            # SEP also flags a masked pixel that touches the edge without overlapping the
+            # aperture: the flag says "holds masked area", as maskfrac does.
+            flags = np.where(frac > 0, flags, flags & ~sep.APER_HASMASKED)
         return flux, fluxerr, flags, frac
 
     def masked_fraction(self, frame: Frame) -> np.ndarray:
@@ -454,7 +460,11 @@ def _kron(frame: Frame, sources: _Sources, shape: _Shape, params: SepParams
     ok = np.isfinite(kron) & (kron > 0) & shape.valid
     scale = np.where(ok, np.maximum(params.kron_factor * np.where(ok, kron, 0.0),
                                     params.kron_min_radius), params.kron_min_radius)
-    return scale, ok, np.asarray(kflag, np.int32)
+    # SEP's masked bit here is about the search ellipse, not the AUTO aperture: own bit.
+    kflag = np.asarray(kflag, np.int32)
+    masked = (kflag & sep.APER_HASMASKED) != 0
+    kflag = np.where(masked, (kflag & ~sep.APER_HASMASKED) | FLAG_KRON_MASKED, kflag)
+    return scale, ok, kflag
 
 
 def _auto(frame: Frame, sources: _Sources, shape: _Shape, params: SepParams) -> _Auto:

@@ -110,9 +110,9 @@ class SepParams:
     windowed: bool = _spec(True, "report windowed (XWIN-like) positions instead of "
                            "isophotal barycentres", lambda v: isinstance(v, bool),
                            "true or false")
-    mask_neighbours: bool = _spec(True, "leave other detections' pixels out of apertures "
-                                  "(SExtractor MASK_TYPE BLANK)", lambda v: isinstance(v, bool),
-                                  "true or false")
+    mask_neighbours: bool = _spec(True, "treat other detections' pixels in an aperture as "
+                                  "masked (filled with the aperture's mean, as bad pixels are)",
+                                  lambda v: isinstance(v, bool), "true or false")
     pixstack: int = _spec(3_000_000, "SEP pixel stack (pixels above threshold in flight)",
                           _int_in(10_000, 100_000_000), "an integer in [10000, 100000000]")
     sub_object_limit: int = _spec(4096, "SEP deblending sub-object limit",

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import gzip
 import io
+import warnings
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 REF = 5  # WFC3/IR reference pixels on each side
@@ -71,10 +73,13 @@ def grizli_flt(root: str) -> bytes:
 @cache
 def sep_image() -> bytes:
     """SEP's test frame with its header moved to a SCI extension (the reader needs one)."""
-    with fits.open(io.BytesIO(_gunzip("sep_image.fits.gz"))) as hdul:
-        header = hdul[0].header.copy()
-        data = hdul[0].data.astype(np.float32)
-    return _write([fits.PrimaryHDU(), fits.ImageHDU(data, header=header, name="SCI")])
+    with warnings.catch_warnings():
+        # Its ESO-LOG cards are not FITS keywords; astropy keeps them as comments.
+        warnings.simplefilter("ignore", AstropyUserWarning)
+        with fits.open(io.BytesIO(_gunzip("sep_image.fits.gz"))) as hdul:
+            header = hdul[0].header.copy()
+            data = hdul[0].data.astype(np.float32)
+        return _write([fits.PrimaryHDU(), fits.ImageHDU(data, header=header, name="SCI")])
 
 
 def frame(name: str) -> bytes:
