@@ -111,9 +111,9 @@ def test_retried_event_rewrites_identical_content(local: Local, exposure) -> Non
     assert "ATTEMPT" in _cards_differing(first, second)
 
 
-def test_reads_are_ranged_and_skip_samp_time(local: Local, exposure,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    key = local.put(exposure.obs_id, exposure.data)
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Every ranged read file stores serve from now on, as (start, stop)."""
     calls: list[tuple[int, int]] = []
     real = FileStore.read_range
 
@@ -122,6 +122,13 @@ def test_reads_are_ranged_and_skip_samp_time(local: Local, exposure,
         return real(self, k, start, stop)
 
     monkeypatch.setattr(FileStore, "read_range", recording)
+    return calls
+
+
+def test_reads_are_ranged_and_skip_samp_time(local: Local, exposure, reads: list,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    key = local.put(exposure.obs_id, exposure.data)
+    calls = reads
     monkeypatch.setattr(FileStore, "get", lambda *a: pytest.fail("whole-object read"))
     summary = handler(local.event(exposure.obs_id, key))
     assert summary["status"] == "done"
@@ -473,18 +480,10 @@ def _assert_skipped(local: Local, key: str, summary: dict[str, Any], reason: str
 
 @pytest.mark.parametrize("obs_id", realframes.GRIZLI_GRISM)
 def test_real_grism_exposure_is_skipped_without_reading_pixels(
-        local: Local, obs_id: str, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        local: Local, obs_id: str, reads: list, capsys: pytest.CaptureFixture[str]) -> None:
     data = realframes.frame(obs_id)
     key = local.put(obs_id, data)
-    calls: list[tuple[int, int]] = []
-    real = FileStore.read_range
-
-    def recording(self: FileStore, k: str, start: int, stop: int) -> bytes:
-        calls.append((start, stop))
-        return real(self, k, start, stop)
-
-    monkeypatch.setattr(FileStore, "read_range", recording)
+    calls = reads
     summary = handler(local.event(obs_id, key, attempt=2))
     body = _assert_skipped(local, key, summary, "OBSTYPE = 'SPECTROSCOPIC'")
     info = FileStore(str(local.archive)).head(key)
