@@ -128,7 +128,7 @@ def _refuse(exc: EventError, started: float) -> dict[str, Any]:
         problem = _write_marker(output, marker_key, {
             "obs_id": exc.obs_id, "key": exc.key, "attempt": exc.attempt, "reason": reason,
             "exception": "EventError", "retryable": False, "at": _now(),
-            "mastmirror_version": __version__,
+            "mastmirror_version": __version__, "missing": False,
         })
         if problem is None:
             output_key = marker_key
@@ -190,6 +190,7 @@ def _process(ev: Event, started: float) -> dict[str, Any]:
             "peak-rss-mb": f"{rss:.1f}",
             "bytes-read": str(bytes_read),
             "input-etag": info.etag,
+            "input-size": str(info.size),
             "sep-version": sep.__version__,
             "mastmirror-version": __version__,
         })
@@ -200,6 +201,8 @@ def _process(ev: Event, started: float) -> dict[str, Any]:
             "obs_id": ev.obs_id, "key": ev.key, "attempt": ev.attempt, "reason": reason,
             "exception": type(exc).__name__, "retryable": retryable, "at": _now(),
             "mastmirror_version": __version__,
+            # Not in the archive bucket (yet): the daemon holds the dataset, not an attempt.
+            "missing": isinstance(exc, InputMissing),
         })
         if problem is not None:
             reason += f" (error marker not written: {problem})"
