@@ -121,11 +121,11 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     import numpy as np
     import sep
 
-    from daemon.standin.flt import archive_key, make_flt
     from lambda_sep.extract import gaussian_kernel
     from lambda_sep.fitsread import read_image
     from lambda_sep.params import SepParams
     from lambda_sep.storage import open_store
+    from standin.flt import archive_key, make_flt
 
     src, dst = work / "archive", work / "catalogs"
     src.mkdir()

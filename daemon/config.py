@@ -24,6 +24,9 @@ SYSTEM_PATH = Path("/etc/mastmirror/config.toml")
 
 # S3 bucket naming rules (the subset that matters: length, charset, no leading/trailing dot/dash).
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# The retention periods CloudWatch Logs accepts (PutRetentionPolicy), in days.
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096,
+                      1827, 2192, 2557, 2922, 3288, 3653)
 _LAMBDA_NAME_RE = re.compile(
     r"^[A-Za-z0-9_-]{1,64}$"
     r"|^arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:function:[A-Za-z0-9_-]{1,64}(:[A-Za-z0-9$_-]+)?$")
@@ -136,8 +139,6 @@ class LambdaSection(_Section):
     @field_validator("log_retention_days")
     @classmethod
     def _retention(cls, value: int) -> int:
-        from lambda_sep.params import LOG_RETENTION_DAYS  # CloudWatch's own list
-
         if value not in LOG_RETENTION_DAYS:
             raise ValueError("must be a retention CloudWatch Logs offers: "
                              + ", ".join(str(d) for d in sorted(LOG_RETENTION_DAYS)))

@@ -18,7 +18,7 @@ from daemon.cli import main
 from daemon.config import load_config
 from daemon.discovery import archive_key, poll
 from daemon.service import Service, make_mast_client
-from daemon.standin.archive import BAD_KINDS
+from standin.archive import BAD_KINDS
 from state.store import StateStore
 
 FAULTS = ["http_500", "http_503", "hang", "truncated", "malformed", "html", "disconnect",

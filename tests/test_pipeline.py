@@ -25,7 +25,7 @@ from daemon.cli import main
 from daemon.config import load_config
 from daemon.executors import Lost, Submitted
 from daemon.service import Service
-from daemon.standin.flt import make_broken_flt
+from standin.flt import make_broken_flt
 from state.store import StateStore
 
 
@@ -226,7 +226,7 @@ def test_the_lambda_executor_end_to_end(pipeline: Pipeline, monkeypatch: Any) ->
     """kind = "lambda": Event invocations to a Lambda stand-in that runs the real handler
     (throttled, failing with 5xx, and losing one event along the way), results in S3."""
     from daemon.config import handler_env
-    from daemon.standin.awslambda import LambdaStandIn
+    from standin.awslambda import LambdaStandIn
 
     p = pipeline
     out_bucket = p.bucket + "-out"

@@ -75,7 +75,7 @@ def repack_installed(name: str, dest: Path) -> Path:
 def lambda_wheelhouse(python_version: str, architecture: str) -> Path | None:
     """A wheelhouse of the published wheels for another Python, when set-up fetched one.
 
-    ``./dev`` runs ``python -m lambda_sep.bundle download .venv/wheelhouse``, which fills
+    ``./dev`` runs ``python -m daemon.lambda_bundle download .venv/wheelhouse``, which fills
     ``.venv/wheelhouse/py3.12-<arch>``; ``MASTMIRROR_LAMBDA_WHEELHOUSE`` points elsewhere.
     """
     env = os.environ.get("MASTMIRROR_LAMBDA_WHEELHOUSE")

@@ -20,9 +20,9 @@ from click.testing import CliRunner
 from lambda_helpers import Archive, lambda_wheelhouse, machine_arch, running_python
 
 import lambda_sep
+from daemon import lambda_bundle as bundle
 from daemon.cli import main
-from lambda_sep import bundle
-from lambda_sep.bundle import (
+from daemon.lambda_bundle import (
     BundleError,
     build_bundle,
     bundle_pins,
@@ -212,7 +212,11 @@ def _check_zip(path: Path, report: bundle.BundleReport) -> None:
     names = [i.filename for i in infos]
     assert names == sorted(names)
     assert "lambda_sep/handler.py" in names and "lambda_sep/__init__.py" in names
-    assert "lambda_sep/bundle.py" not in names and "lambda_sep/deploy.py" not in names
+    # The function's package whole, and nothing else of this repository.
+    package = Path(lambda_sep.__file__).parent
+    assert {n for n in names if n.startswith("lambda_sep/")} == {
+        f"lambda_sep/{p.relative_to(package).as_posix()}" for p in package.rglob("*.py")}
+    assert not [n for n in names if n.split("/")[0] in ("daemon", "state", "standin")]
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".pyi", ".h"))]
     assert not [n for n in names if n.startswith("bin/") or n.endswith(".dist-info/RECORD")]
     tests = [n for n in names if "/tests/" in n]

@@ -1,4 +1,4 @@
-"""The synthetic WFC3/IR FLT generator (daemon.standin.flt)."""
+"""The synthetic WFC3/IR FLT generator (standin.flt)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from daemon.standin.flt import (
+from standin.flt import (
     BROKEN_KINDS,
     DQ,
     FILTERS,

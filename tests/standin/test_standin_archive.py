@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from daemon.standin.archive import (
+from standin.archive import (
     BAD_KINDS,
     WFC3IR_FIRST_MJD,
     Archive,

@@ -17,8 +17,8 @@ import pytest
 from astroquery.exceptions import RemoteServiceError
 from astroquery.mast import ObservationsClass
 
-from daemon.standin.archive import Archive, flt_key
-from daemon.standin.mast import MastStandin
+from standin.archive import Archive, flt_key
+from standin.mast import MastStandin
 
 REPO = Path(__file__).resolve().parents[2]
 WFC3IR = {"obs_collection": "HST", "instrument_name": "WFC3/IR"}
@@ -284,7 +284,7 @@ def test_cli_serves_until_sigterm(
     point_at: Callable[[ObservationsClass, str], ObservationsClass],
 ) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon.standin.mast", "--exposures", "300", "--seed", "5",
+        [sys.executable, "-m", "standin.mast", "--exposures", "300", "--seed", "5",
          "--port", "0"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

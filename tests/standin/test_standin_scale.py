@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from astroquery.mast import ObservationsClass
 
-from daemon.standin.archive import Archive, flt_key
-from daemon.standin.mast import MastStandin
+from standin.archive import Archive, flt_key
+from standin.mast import MastStandin
 
 N = 20_000
 

@@ -7,8 +7,9 @@ binary wheels), pinned to the repository's universal lock file with its hashes, 
 stubs, console scripts, install records), and the archive is deterministic: the same wheels
 and sources give the same bytes, so a rebuild that changes nothing deploys nothing new.
 
-Only the standard library, ``packaging`` and pip (run as ``python -m pip``) are used here;
-this module is a build tool and is left out of the bundle.
+Only the standard library, ``packaging`` and pip (run as ``python -m pip``) are used here.
+This build tool lives on the daemon's side, so the bundle takes the ``lambda_sep`` package
+whole: everything in it is function code.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from pathlib import Path
 from packaging.markers import Marker
 from packaging.utils import canonicalize_name
 
+import lambda_sep
+
 # Lambda's documented quotas: the unzipped function (code and layers) may be at most 250 MB
 # (262,144,000 bytes); a zip uploaded directly in the API call at most 50 MB, beyond which it
 # must be staged in S3.
@@ -46,9 +49,6 @@ SDK_ROOTS = ("boto3",)
 # ones by itself (it only does so for manylinux2014/2010), so every one is listed.
 RUNTIME_GLIBC = (2, 34)
 OLDEST_GLIBC_MINOR = 17
-
-# Parts of the lambda_sep package that are build-time tools, not function code.
-BUILD_ONLY_MODULES = frozenset({"bundle.py", "deploy.py"})
 
 # Fixed timestamp of every zip entry (the zip epoch), so builds are byte-for-byte repeatable.
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -292,7 +292,7 @@ def mastmirror_version() -> str:
 
 
 def add_function_code(root: Path, package_dir: Path, version: str) -> list[str]:
-    """Copy the ``lambda_sep`` package (minus build tools) and a minimal dist-info.
+    """Copy the ``lambda_sep`` package and a minimal dist-info.
 
     The dist-info lets ``importlib.metadata.version("mastmirror")`` answer inside Lambda, so
     catalogs record the real version rather than ``0+unknown``.
@@ -302,8 +302,6 @@ def add_function_code(root: Path, package_dir: Path, version: str) -> list[str]:
     for src in sorted(package_dir.rglob("*")):
         rel = src.relative_to(package_dir)
         if src.is_dir() or "__pycache__" in rel.parts or src.suffix in (".pyc", ".pyo"):
-            continue
-        if len(rel.parts) == 1 and rel.name in BUILD_ONLY_MODULES:
             continue
         out = dest_pkg / rel
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -377,7 +375,7 @@ def find_lock(start: Path | None = None) -> Path:
         candidate = parent / "requirements.lock"
         if candidate.is_file():
             return candidate
-    raise BundleError("requirements.lock not found above lambda_sep/; pass the lock file "
+    raise BundleError("requirements.lock not found above daemon/; pass the lock file "
                       "explicitly")
 
 
@@ -405,7 +403,7 @@ def build_bundle(output: Path, *, python_version: str, architecture: str,
     pins = bundle_pins(parse_lock(lock.read_text(encoding="utf-8")),
                        python_version=python_version, architecture=architecture,
                        include_boto3=include_boto3)
-    package_dir = package_dir or Path(__file__).resolve().parent
+    package_dir = package_dir or Path(lambda_sep.__file__).resolve().parent
     with tempfile.TemporaryDirectory(prefix="mastmirror-bundle-") as tmp:
         root = Path(tmp) / "bundle"
         root.mkdir()
@@ -465,11 +463,11 @@ def describe(report: BundleReport) -> Iterable[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lambda_sep.bundle download DIR``: fill ``DIR/py<X.Y>-<arch>`` with the
+    """``python -m daemon.lambda_bundle download DIR``: fill ``DIR/py<X.Y>-<arch>`` with the
     bundle's pinned wheels (set-up, needs no config)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m lambda_sep.bundle",
+    parser = argparse.ArgumentParser(prog="python -m daemon.lambda_bundle",
                                      description="Download the Lambda bundle's pinned wheels "
                                      "into a wheelhouse for offline `mastmirror lambda build`.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -488,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wheels = download_wheels(pins, dest, python_version=args.python_version,
                                  architecture=args.arch)
     except BundleError as exc:
-        print(f"lambda_sep.bundle: error: {exc}", file=sys.stderr)
+        print(f"daemon.lambda_bundle: error: {exc}", file=sys.stderr)
         return 1
     print(f"{len(wheels)} wheels in {dest}")
     return 0

@@ -1,6 +1,6 @@
 """A synthetic, deterministic model of the HST WFC3/IR archive as MAST serves it.
 
-The model is what `daemon.standin.mast` serves to astroquery. It knows:
+The model is what `standin.mast` serves to astroquery. It knows:
 
 * **observations** the way MAST's CAOM tables list them: one row per exposure
   (``icxe15wwq``: ``i`` + 3-character program + 2-character visit + 2-character
@@ -180,8 +180,8 @@ class FilterError(ValueError):
 
 @cache
 def _data(name: str) -> Any:
-    """Load one JSON template from ``daemon/standin/data``."""
-    return json.loads(resources.files("daemon.standin").joinpath("data", name).read_text())
+    """Load one JSON template from ``standin/data``."""
+    return json.loads(resources.files("standin").joinpath("data", name).read_text())
 
 
 @dataclass(frozen=True)

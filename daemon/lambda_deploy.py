@@ -3,7 +3,7 @@
 Every Lambda, IAM-shaped and CloudWatch Logs call made for deployment lives here (the
 daemon's invocations live in ``daemon.lambda_invoke``). This module takes plain values, not
 the daemon's configuration: ``daemon.lambda_cli`` builds a ``FunctionSpec`` from
-``config.toml``, so ``lambda_sep`` keeps importing nothing from ``daemon``.
+``config.toml``.
 
 Endpoints and credentials come from the standard AWS configuration (environment, profile,
 role; ``AWS_ENDPOINT_URL`` points at a local server in tests), never from ``config.toml``.
@@ -24,13 +24,11 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from lambda_sep.params import LOG_RETENTION_DAYS
+from daemon.config import LOG_RETENTION_DAYS
+from daemon.lambda_bundle import DIRECT_UPLOAD_LIMIT
 
 HANDLER = "lambda_sep.handler.handler"
 ENTRY_FILE = "lambda_sep/handler.py"
-# A zip larger than this cannot go in the CreateFunction/UpdateFunctionCode request itself.
-DIRECT_UPLOAD_LIMIT = 50 * 1024 * 1024
-# CloudWatch Logs accepts only these retention periods (days).
 # A role created moments before may not be assumable by Lambda yet: keep trying this long.
 ROLE_PROPAGATION_S = 60.0
 ROLE_RETRY_S = 3.0

@@ -25,7 +25,7 @@ but the event never runs: the reconciler's timeout path).
 Counters (``stats()``, or ``GET /_standin/stats`` from another process) tell what was
 received, accepted, run, per obs_id. Faults can also be armed with ``POST /_standin/faults``.
 
-``python -m daemon.standin.awslambda --port 0 [--no-run]`` prints its URL first, then serves
+``python -m standin.awslambda --port 0 [--no-run]`` prints its URL first, then serves
 until SIGINT/SIGTERM.
 """
 
@@ -467,7 +467,7 @@ def running(function_name: str = "mastmirror-sep", **kwargs: Any) -> Iterator[La
 
 def main(argv: list[str] | None = None) -> int:
     """Serve until SIGINT/SIGTERM; the first line printed is the URL."""
-    parser = argparse.ArgumentParser(prog="python -m daemon.standin.awslambda",
+    parser = argparse.ArgumentParser(prog="python -m standin.awslambda",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--function", default="mastmirror-sep")
