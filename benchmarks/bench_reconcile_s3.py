@@ -27,7 +27,8 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from s3_fault_proxy import S3FaultProxy  # noqa: E402
 
-from daemon.outputs import OutputStore, catalog_key, error_key  # noqa: E402
+from daemon.outputs import OutputStore  # noqa: E402
+from lambda_sep.contract import catalog_key, error_key  # noqa: E402
 from lambda_sep.storage import open_store, s3_client  # noqa: E402
 from standin.archive import Archive  # noqa: E402
 from standin.demo import moto_s3  # noqa: E402

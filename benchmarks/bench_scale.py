@@ -140,6 +140,7 @@ def _populate(db: Path, n_done: int, n_flight: int) -> list[tuple[str, str]]:
 
 def bench_reconcile(n_done: int, work: Path, n_flight: int = 1000) -> dict[str, Any]:
     """One reconcile pass: n_flight in flight among n_done done (catalogs on disk)."""
+    from lambda_sep.contract import function_env
     from lambda_sep.handler import handler
     from standin.flt import make_flt
 
@@ -151,8 +152,7 @@ def bench_reconcile(n_done: int, work: Path, n_flight: int = 1000) -> dict[str, 
     key = "hst/public/icxe/icxe15wwq/icxe15wwq_flt.fits"
     (src / Path(key).parent).mkdir(parents=True, exist_ok=True)
     (src / key).write_bytes(make_flt("icxe15wwq", seed=1)[0])
-    os.environ["MASTMIRROR_ALLOWED_BUCKETS"] = f"file://{src}"
-    os.environ["MASTMIRROR_ALLOWED_OUTPUTS"] = f"file://{src}/out"
+    os.environ.update(function_env(f"file://{src}", f"file://{src}/out"))
     handler({"obs_id": "icxe15wwq", "input": {"bucket": f"file://{src}", "key": key},
              "output": f"file://{src}/out", "sep": {}, "attempt": 1})
     catalog = (src / "out" / key.replace(".fits", "_sep.fits")).read_bytes()

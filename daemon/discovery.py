@@ -9,7 +9,6 @@ part-way leaves the cursor at the last complete window.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -19,35 +18,10 @@ import structlog
 from daemon.config import MastSection
 from daemon.mast import MastClient, MastError, Observation, Product
 from daemon.mjd import mjd, mjd_to_iso
+from lambda_sep.contract import product_key
 from state.store import Discovered, Rejected, StateStore
 
 log = structlog.get_logger("mastmirror.discovery")
-
-_NAME_RE = re.compile(r"^(?P<dataset>[a-z0-9]{9})_(?P<suffix>[a-z0-9]{3,8})\.fits$")
-_MAX_NAME = 64
-
-
-def archive_key(filename: str) -> tuple[str, str]:
-    """(dataset, key in the archive bucket) of an HST product file name.
-
-    ``icxe15wwq_flt.fits`` -> ``("icxe15wwq", "hst/public/icxe/icxe15wwq/icxe15wwq_flt.fits")``.
-    Anything that is not a plain HST file name (path parts, odd characters, too long) raises
-    ValueError with the reason: such a name never becomes a key.
-    """
-    if not filename:
-        raise ValueError("empty product file name")
-    if len(filename) > _MAX_NAME:
-        raise ValueError(f"product file name is {len(filename)} characters long")
-    if not filename.isascii() or not filename.isprintable():
-        raise ValueError("product file name has non-ASCII or control characters")
-    if "/" in filename or "\\" in filename or filename.startswith("."):
-        raise ValueError("product file name has path components")
-    name = filename.lower()
-    m = _NAME_RE.match(name)
-    if not m:
-        raise ValueError("not an HST dataset file name (ipppssoot_sfx.fits)")
-    dataset = m["dataset"]
-    return dataset, f"hst/public/{dataset[:4]}/{dataset}/{name}"
 
 
 @dataclass
@@ -73,7 +47,7 @@ def select_products(observations: Iterable[Observation], products: Iterable[Prod
         if p.subgroup.upper() != wanted:
             continue
         try:
-            dataset, key = archive_key(p.filename)
+            dataset, key = product_key(p.filename)
         except ValueError as exc:
             name = p.filename if len(p.filename) <= 200 else p.filename[:200] + "..."
             rejected[name] = Rejected(name, str(exc))

@@ -26,15 +26,13 @@ import botocore.exceptions
 
 from daemon.config import LOG_RETENTION_DAYS
 from daemon.lambda_bundle import DIRECT_UPLOAD_LIMIT
+from lambda_sep.contract import ARCHIVE_PREFIX  # the function reads nothing else of the archive
 
 HANDLER = "lambda_sep.handler.handler"
 ENTRY_FILE = "lambda_sep/handler.py"
 # A role created moments before may not be assumable by Lambda yet: keep trying this long.
 ROLE_PROPAGATION_S = 60.0
 ROLE_RETRY_S = 3.0
-# The archive's public HST data lives under this prefix of its bucket; the function reads
-# nothing else of it.
-ARCHIVE_PREFIX = "hst/public/"
 
 # Deployment calls are few and may hit "update in progress" conflicts or control-plane
 # throttling; botocore's standard mode retries those with backoff.

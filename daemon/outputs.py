@@ -2,8 +2,9 @@
 
 For each dataset in flight it lists the two possible result keys (the catalog
 ``..._sep.fits`` and the error marker ``..._sep.error.json`` share the prefix ``..._sep``),
-then reads the catalog's metadata or the marker. The work is proportional to the number in
-flight, never to the number of catalogs already in the store.
+then reads the catalog's metadata or the marker. The keys and the metadata names are
+``lambda_sep.contract``'s. The work is proportional to the number in flight, never to the
+number of catalogs already in the store.
 
 On S3 a LIST costs as much as a PUT, so one LIST per dataset in flight would cost about as
 much as writing the catalogs. Datasets are dispatched in MAST's order, a visit's exposures
@@ -24,27 +25,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from lambda_sep import storage
+from lambda_sep.contract import (
+    CATALOG_SUFFIX,
+    ERROR_SUFFIX,
+    HDR_ATTEMPT,
+    HDR_BYTES_READ,
+    HDR_PEAK_RSS,
+    HDR_PROCTIME,
+    HDR_SOURCES,
+    META_ATTEMPT,
+    META_BYTES_READ,
+    META_DURATION_MS,
+    META_PEAK_RSS_MB,
+    META_SOURCES,
+    RESULTS_INFIX,
+    input_stem,
+)
 
-CATALOG_SUFFIX = "_sep.fits"
-ERROR_SUFFIX = "_sep.error.json"
 # Keys in one ListObjectsV2 answer (S3's maximum, and its default).
 LIST_PAGE = 1000
-
-
-def catalog_key(input_key: str) -> str:
-    """The catalog key of an input key (the output layout mirrors the archive's)."""
-    return _stem(input_key) + CATALOG_SUFFIX
-
-
-def error_key(input_key: str) -> str:
-    """The error-marker key of an input key."""
-    return _stem(input_key) + ERROR_SUFFIX
-
-
-def _stem(input_key: str) -> str:
-    if not input_key.endswith(".fits"):
-        raise ValueError(f"input key does not end in .fits: {input_key!r}")
-    return input_key[: -len(".fits")]
 
 
 @dataclass(frozen=True)
@@ -80,8 +79,8 @@ class OutputStore:
 
     def find(self, obs_id: str, input_key: str) -> Result | None:
         """The catalog (preferred) or error marker for one dataset, or None."""
-        stem = _stem(input_key)
-        return self._resolve(obs_id, stem, set(self._store.list(stem + "_sep")))
+        stem = input_stem(input_key)
+        return self._resolve(obs_id, stem, set(self._store.list(stem + RESULTS_INFIX)))
 
     def _resolve(self, obs_id: str, stem: str, keys: set[str]) -> Result | None:
         cat, err = stem + CATALOG_SUFFIX, stem + ERROR_SUFFIX
@@ -102,7 +101,7 @@ class OutputStore:
                     listed.update(covered)
 
             def one(item: tuple[str, str]) -> Result | None:
-                stem = _stem(item[1])
+                stem = input_stem(item[1])
                 if stem in listed:
                     return self._resolve(item[0], stem, listed[stem])
                 return self.find(*item)
@@ -129,7 +128,7 @@ class OutputStore:
                 current = next(pending, None)  # past every key of ``current``
             if current is None:
                 break
-            if key.startswith(current + "_sep"):
+            if key.startswith(current + RESULTS_INFIX):
                 keys[current].add(key)
             if n == budget:  # stop before the generator asks for another page
                 ended = False
@@ -143,13 +142,14 @@ class OutputStore:
         if info is None:  # deleted between list and head
             return None
         meta: dict[str, Any] = {k.lower(): v for k, v in info.metadata.items()}
-        if _int(meta.get("sources")) is None:
+        if _int(meta.get(META_SOURCES)) is None:
             meta = self._header_metadata(key, info.size)
-        return Result(obs_id=obs_id, kind="catalog", key=key, attempt=_int(meta.get("attempt")),
-                      sources=_int(meta.get("sources")),
-                      duration_ms=_int(meta.get("duration-ms")),
-                      bytes_read=_int(meta.get("bytes-read")),
-                      peak_rss_mb=_float(meta.get("peak-rss-mb")))
+        return Result(obs_id=obs_id, kind="catalog", key=key,
+                      attempt=_int(meta.get(META_ATTEMPT)),
+                      sources=_int(meta.get(META_SOURCES)),
+                      duration_ms=_int(meta.get(META_DURATION_MS)),
+                      bytes_read=_int(meta.get(META_BYTES_READ)),
+                      peak_rss_mb=_float(meta.get(META_PEAK_RSS_MB)))
 
     def _header_metadata(self, key: str, size: int) -> dict[str, Any]:
         """The metadata S3 would carry, read from the catalog's own header blocks (for
@@ -163,10 +163,10 @@ class OutputStore:
         if len(headers) < 2:
             return {}
         h = headers[1]
-        proctime = h.get("PROCTIME")
-        return {"sources": h.get("NAXIS2"), "attempt": h.get("ATTEMPT"),
-                "duration-ms": round(proctime * 1000) if proctime is not None else None,
-                "bytes-read": h.get("BYTESRD"), "peak-rss-mb": h.get("PEAKRSS")}
+        proctime = h.get(HDR_PROCTIME)
+        return {META_SOURCES: h.get(HDR_SOURCES), META_ATTEMPT: h.get(HDR_ATTEMPT),
+                META_DURATION_MS: round(proctime * 1000) if proctime is not None else None,
+                META_BYTES_READ: h.get(HDR_BYTES_READ), META_PEAK_RSS_MB: h.get(HDR_PEAK_RSS)}
 
     def _marker(self, obs_id: str, key: str) -> Result | None:
         raw = self._store.get(key)
@@ -192,7 +192,7 @@ def _by_directory(items: Sequence[tuple[str, str]]) -> list[tuple[str, list[str]
     sorted; only directories with two datasets or more are worth a shared listing."""
     groups: dict[str, set[str]] = {}
     for _obs_id, input_key in items:
-        stem = _stem(input_key)
+        stem = input_stem(input_key)
         parts = stem.rsplit("/", 2)
         if len(parts) == 3:
             groups.setdefault(parts[0] + "/", set()).add(stem)

@@ -52,6 +52,12 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from daemon.executors import pool_worker_setup
+from lambda_sep.contract import (
+    DEFAULT_ALLOWED_BUCKETS,
+    ENV_ALLOWED_BUCKETS,
+    ENV_ALLOWED_OUTPUTS,
+    function_env,
+)
 
 FAULTS = ("throttle", "500", "502", "503", "drop", "drop-accepted", "lose")
 INVOKE_PREFIX = "/2015-03-31/functions/"
@@ -475,12 +481,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-run", action="store_true",
                         help="accept invocations without running them (benchmarks)")
     parser.add_argument("--allowed-buckets", default=os.environ.get(
-        "MASTMIRROR_ALLOWED_BUCKETS", "stpubdata"))
-    parser.add_argument("--allowed-outputs", default=os.environ.get(
-        "MASTMIRROR_ALLOWED_OUTPUTS", ""))
+        ENV_ALLOWED_BUCKETS, DEFAULT_ALLOWED_BUCKETS))
+    parser.add_argument("--allowed-outputs", default=os.environ.get(ENV_ALLOWED_OUTPUTS, ""))
     args = parser.parse_args(argv)
-    env = {"MASTMIRROR_ALLOWED_BUCKETS": args.allowed_buckets,
-           "MASTMIRROR_ALLOWED_OUTPUTS": args.allowed_outputs}
+    env = function_env(args.allowed_buckets, args.allowed_outputs)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

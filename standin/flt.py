@@ -42,7 +42,6 @@ __all__ = [
     "FILTERS",
     "TRUTH_DTYPE",
     "FilterInfo",
-    "archive_key",
     "make_broken_flt",
     "make_drz",
     "make_flt",
@@ -136,11 +135,6 @@ _READ_NOISE = 14.0  # e-, effective for a 16-read up-the-ramp fit
 _DARK = 0.05  # e-/s/px
 _FULL_WELL = 78000.0  # e-: calwf3 flags 256 and fits the unsaturated reads
 _NSAMP = 16
-
-
-def archive_key(obs_id: str, suffix: str = "flt") -> str:
-    """The key of a product in the public HST bucket: ``hst/public/<4>/<obs>/<obs>_<sfx>.fits``."""
-    return f"hst/public/{obs_id[:4]}/{obs_id}/{obs_id}_{suffix}.fits"
 
 
 # --------------------------------------------------------------------------------------

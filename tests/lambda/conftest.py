@@ -51,7 +51,8 @@ def venv_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def flt_archive(tmp_path_factory: pytest.TempPathFactory) -> Archive:
     """One synthetic 1014x1014 WFC3/IR FLT with 40 stars and 40 galaxies, on disk."""
-    from standin.flt import archive_key, make_flt
+    from lambda_sep.contract import archive_key
+    from standin.flt import make_flt
 
     root = tmp_path_factory.mktemp("archive")
     obs_id = "icxe15wwq"

@@ -13,11 +13,12 @@ import boto3
 import numpy as np
 import pytest
 
+from lambda_sep.contract import archive_key
 from lambda_sep.extract import Extraction, extract
 from lambda_sep.fitsread import Image, read_image
 from lambda_sep.params import SepParams
 from lambda_sep.storage import FileStore, open_store
-from standin.flt import archive_key, make_drz, make_flt, make_noise_flt
+from standin.flt import make_drz, make_flt, make_noise_flt
 
 OBS_ID = "icxe15wwq"
 KEY = archive_key(OBS_ID)

@@ -13,7 +13,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "lambda_sep"
 # The function's own modules (bundle.py and deploy.py are the CLI's build/deploy helpers).
 FUNCTION_MODULES = ("__init__", "handler", "event", "storage", "fitsread", "extract",
-                    "catalog")
+                    "catalog", "contract", "params")
 ALLOWED = {"numpy", "astropy", "sep", "boto3", "botocore", "lambda_sep", "__future__"}
 
 

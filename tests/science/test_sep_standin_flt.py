@@ -16,16 +16,10 @@ from standin.flt import (
     DQ,
     FILTERS,
     TRUTH_DTYPE,
-    archive_key,
     make_broken_flt,
     make_drz,
     make_flt,
 )
-
-
-def test_archive_key() -> None:
-    assert archive_key("icxe15wwq") == "hst/public/icxe/icxe15wwq/icxe15wwq_flt.fits"
-    assert archive_key("icxe15010", "drz") == "hst/public/icxe/icxe15010/icxe15010_drz.fits"
 
 
 def test_deterministic_per_seed(exposure) -> None:

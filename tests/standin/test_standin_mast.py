@@ -17,7 +17,8 @@ import pytest
 from astroquery.exceptions import RemoteServiceError
 from astroquery.mast import ObservationsClass
 
-from standin.archive import Archive, flt_key
+from lambda_sep.contract import archive_key
+from standin.archive import Archive
 from standin.mast import MastStandin
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,7 +120,7 @@ def test_products_and_flt_filter_yield_the_right_keys(
     # (and vice versa): compare on the exposures the window itself lists.
     assert expected <= datasets
     assert datasets - expected <= {e.dataset for e in archive.exposures()}
-    keys = {flt_key(d) for d in datasets}
+    keys = {archive_key(d) for d in datasets}
     assert keys <= {k for _, k in archive.flt_keys()}
     assert set(flt["productType"]) == {"SCIENCE"}
     assert all(u == f"mast:HST/product/{n}" for u, n in zip(flt["dataURI"], names, strict=True))
