@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
-from pebble import ProcessExpired, ProcessFuture, ProcessPool
+from pebble import ProcessExpired, ProcessPool
 
 log = structlog.get_logger("mastmirror.executor")
 
@@ -143,7 +143,7 @@ class LocalExecutor:
         self._target = target
         self._lock = threading.Lock()
         self._lost: list[Lost] = []
-        self._pending: dict[ProcessFuture, Mapping[str, Any]] = {}
+        self._pending: dict[cf.Future[dict[str, Any]], Mapping[str, Any]] = {}
         self._closing = False
         self._pool = self._new_pool()
 
@@ -158,6 +158,7 @@ class LocalExecutor:
         out = []
         for event in events:
             request_id = str(uuid.uuid4())
+            broken: ProcessPool | None = None
             with self._lock:
                 try:
                     fut = self._pool.schedule(self._target,
@@ -170,7 +171,6 @@ class LocalExecutor:
                     broken, self._pool = self._pool, self._new_pool()
                     error = f"local pool unavailable: {exc}"
                 else:
-                    broken = None
                     self._pending[fut] = event
             if broken is not None:
                 broken.stop()
@@ -181,7 +181,7 @@ class LocalExecutor:
             out.append(Submitted(event["obs_id"], event["attempt"], request_id))
         return out
 
-    def _done(self, fut: ProcessFuture) -> None:
+    def _done(self, fut: cf.Future[dict[str, Any]]) -> None:
         with self._lock:
             event = self._pending.pop(fut, None)
         if event is None or fut.cancelled():

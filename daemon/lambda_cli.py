@@ -88,15 +88,13 @@ def _region_account(config: Config, region: str | None,
                     account: str | None) -> tuple[str, str]:
     """Region and account for the policy ARNs: options, then the function or role ARN and
     the standard AWS configuration (read locally, no request), else ``*``."""
-    from daemon.lambda_deploy import arn_region_account
+    from daemon.lambda_deploy import arn_region_account, configured_region
 
     fn_region, fn_account = arn_region_account(config.executor.function)
     role = config.lambda_.role_arn.split(":")
     role_account = role[4] if len(role) > 4 and role[0] == "arn" else None
     if region is None:
-        import boto3
-
-        region = fn_region or boto3.session.Session().region_name
+        region = fn_region or configured_region()
     return region or "*", account or fn_account or role_account or "*"
 
 
@@ -172,8 +170,6 @@ def function_spec(config: Config, *, reserved_concurrency: int | None = None) ->
 def deploy(obj: _HasConfig, *, bundle_path: Path | None,
            reserved_concurrency: int | None) -> None:
     """Create or update the function and its asynchronous-invocation settings."""
-    import botocore.exceptions
-
     from daemon import lambda_deploy as dep
 
     config = obj.config
@@ -186,7 +182,7 @@ def deploy(obj: _HasConfig, *, bundle_path: Path | None,
         _fail(str(exc), EXIT_CONFIG)
     except dep.DeployError as exc:
         _fail(str(exc))
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+    except dep.AWS_ERRORS as exc:
         _fail(f"AWS refused the deployment: {exc}")
     click.echo(f"{report.function_arn}: " + "; ".join(report.actions))
     click.echo(f"CodeSha256 {report.code_sha256} ({report.code_location})")

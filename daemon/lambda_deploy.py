@@ -40,6 +40,10 @@ _CLIENT_CONFIG = botocore.config.Config(retries={"mode": "standard", "max_attemp
                                         connect_timeout=10, read_timeout=120)
 
 
+#: What botocore raises when AWS refuses a call (after its own retries) or cannot be reached.
+AWS_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
+
+
 class DeployError(Exception):
     """Deployment cannot go on; the message says what to change."""
 
@@ -107,6 +111,12 @@ def arn_region_account(name_or_arn: str) -> tuple[str | None, str | None]:
         return None, None
     parts = name_or_arn.split(":")
     return parts[3], parts[4]
+
+
+def configured_region() -> str | None:
+    """The region the standard AWS configuration names (environment, profile); no request."""
+    region: str | None = boto3.session.Session().region_name
+    return region
 
 
 def s3_location(url: str) -> tuple[str, str] | None:

@@ -119,7 +119,7 @@ class OutputStore:
         budget = max(1, len(stems) // 2) * LIST_PAGE
         keys: dict[str, set[str]] = {stem: set() for stem in stems}
         pending = iter(stems)  # sorted: each key belongs to the current stem or a later one
-        current = next(pending)
+        current: str | None = next(pending)
         last_key = ""
         ended = True
         for n, key in enumerate(self._store.list(directory, start_after=stems[0]), 1):

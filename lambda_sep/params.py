@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 __all__ = ["DEFAULT_DQ_MASK", "SepParams", "finite_number"]
 
@@ -26,7 +26,7 @@ DEFAULT_DQ_MASK = 1 | 2 | 4 | 8 | 16 | 32 | 128 | 4096
 _MAX_APERTURES = 16
 
 
-def finite_number(v: Any) -> bool:
+def finite_number(v: Any) -> TypeGuard[int | float]:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 

@@ -47,7 +47,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -58,6 +58,7 @@ from lambda_sep.contract import (
     ENV_ALLOWED_OUTPUTS,
     function_env,
 )
+from standin.loopback import LoopbackHTTPServer
 
 FAULTS = ("throttle", "500", "502", "503", "drop", "drop-accepted", "lose")
 INVOKE_PREFIX = "/2015-03-31/functions/"
@@ -188,8 +189,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.standin.handle_invoke(self, name, qualifier, body)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(LoopbackHTTPServer):
     # Many sending threads open their connections at once.
     request_queue_size = 256
     standin: LambdaStandIn
@@ -230,8 +230,7 @@ class LambdaStandIn:
         """``http://127.0.0.1:PORT``."""
         if self._server is None:
             raise RuntimeError("the stand-in is not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._server.url
 
     def start(self) -> LambdaStandIn:
         """Bind 127.0.0.1, start the workers (unless ``run=False``) and serve."""
@@ -448,17 +447,16 @@ class LambdaStandIn:
         try:
             result = fut.result(timeout=self.timeout_s)
         except cf.TimeoutError:
-            doc = {"errorMessage": f"Task timed out after {self.timeout_s:.2f} seconds"}
-            req._send(200, json.dumps(doc).encode(),
-                      {**headers, "X-Amz-Function-Error": "Unhandled"}, request_id)
-            return
+            error: dict[str, Any] = {
+                "errorMessage": f"Task timed out after {self.timeout_s:.2f} seconds"}
         except Exception as exc:
-            doc = {"errorMessage": str(exc), "errorType": type(exc).__name__,
-                   "stackTrace": traceback.format_exception_only(exc)}
-            req._send(200, json.dumps(doc).encode(),
-                      {**headers, "X-Amz-Function-Error": "Unhandled"}, request_id)
+            error = {"errorMessage": str(exc), "errorType": type(exc).__name__,
+                     "stackTrace": traceback.format_exception_only(exc)}
+        else:
+            req._send(200, json.dumps(result).encode(), headers, request_id)
             return
-        req._send(200, json.dumps(result).encode(), headers, request_id)
+        req._send(200, json.dumps(error).encode(),
+                  {**headers, "X-Amz-Function-Error": "Unhandled"}, request_id)
 
 
 @contextlib.contextmanager

@@ -412,6 +412,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "MastStandin/1"
     timeout = 60  # idle keep-alive connections end after a minute
     server: _Server
+    _headers_buffer: list[bytes]  # BaseHTTPRequestHandler's own, written to directly below
 
     def setup(self) -> None:
         super().setup()

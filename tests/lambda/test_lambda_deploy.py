@@ -174,8 +174,6 @@ def test_cli_deploy(moto_lambda: str, role_arn: str, tmp_path: Path) -> None:
 
 def test_waits_for_a_role_created_moments_ago(moto_lambda: str, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import threading
-
     import botocore.exceptions
     from lambda_helpers import ROLE_TRUST
 
@@ -184,13 +182,16 @@ def test_waits_for_a_role_created_moments_ago(moto_lambda: str, tmp_path: Path,
     name = f"late-role-{uuid.uuid4().hex[:6]}"
     arn = f"arn:aws:iam::123456789012:role/{name}"
     iam = boto3.client("iam")
-    # The role appears a moment after deploy starts, as IAM propagation looks to Lambda.
-    timer = threading.Timer(0.8, lambda: iam.create_role(
-        RoleName=name, AssumeRolePolicyDocument=json.dumps(ROLE_TRUST)))
-    timer.start()
     messages: list[str] = []
-    report = deploy(_spec(arn), tiny_bundle(tmp_path / "v1.zip"), progress=messages.append)
-    timer.join()
+
+    def progress(message: str) -> None:
+        # The role appears once deploy has been refused for it and is waiting, as IAM
+        # propagation looks to Lambda (on a timer, a slow first call could outrun it).
+        if "IAM propagation" in message and not any("IAM propagation" in m for m in messages):
+            iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(ROLE_TRUST))
+        messages.append(message)
+
+    report = deploy(_spec(arn), tiny_bundle(tmp_path / "v1.zip"), progress=progress)
     assert report.created
     assert any("IAM propagation" in m for m in messages)
     # A role that never appears: the error comes through once the patience runs out.

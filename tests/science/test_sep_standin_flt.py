@@ -19,6 +19,7 @@ from standin.flt import (
     make_broken_flt,
     make_drz,
     make_flt,
+    synthesize_flt,
 )
 
 
@@ -90,8 +91,9 @@ def test_detector_defects(exposure) -> None:
 
 def test_saturated_cores_keep_their_values() -> None:
     """Stars past full well are flagged 256 with fewer SAMP reads, their values intact."""
-    data, _truth, model = make_flt("icxe15wwq", seed=4, n_stars=20, n_galaxies=0,
-                                  snr_range=(1000, 3000), return_model=True)
+    flt = synthesize_flt("icxe15wwq", seed=4, n_stars=20, n_galaxies=0,
+                         snr_range=(1000, 3000))
+    data, model = flt.data, flt.model
     with fits.open(io.BytesIO(data)) as hdul:
         dq = hdul["DQ"].data.astype(np.int64)
         samp, sci, time_ = hdul["SAMP"].data, hdul["SCI"].data, hdul["TIME"].data
