@@ -25,7 +25,6 @@ log = structlog.get_logger("mastmirror.reconcile")
 class ReconcileOutcome:
     """What one reconcile run settled."""
 
-    checked: int = 0
     done: int = 0
     failed: int = 0
     requeued: int = 0
@@ -38,7 +37,6 @@ def reconcile(store: StateStore, outputs: OutputStore, policy: ExecutorSection, 
     now = time.time() if now is None else now
     out = ReconcileOutcome()
     rows = store.in_flight()
-    out.checked = len(rows)
     results = outputs.find_many([(r.obs_id, r.input_key) for r in rows]) if rows else {}
     by_id = {r.obs_id: r for r in rows}
 

@@ -51,7 +51,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from daemon.executors import pool_worker_setup
+from daemon.executors import LocalContext, pool_worker_setup
 from lambda_sep.contract import (
     DEFAULT_ALLOWED_BUCKETS,
     ENV_ALLOWED_BUCKETS,
@@ -76,22 +76,6 @@ class _Fault:
     obs_id: str | None
 
 
-class _Context:
-    """The parts of Lambda's context object the handler uses."""
-
-    def __init__(self, request_id: str, function_name: str, timeout_s: float,
-                 memory_mb: int) -> None:
-        self.aws_request_id = request_id
-        self.function_name = function_name
-        self.memory_limit_in_mb = memory_mb
-        self.invoked_function_arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{function_name}"
-        self._deadline = time.monotonic() + timeout_s
-
-    def get_remaining_time_in_millis(self) -> int:
-        """Milliseconds until the function's timeout."""
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
-
-
 HANDLER = "lambda_sep.handler:handler"
 
 
@@ -107,9 +91,8 @@ def _worker_init(env: Mapping[str, str], handler: str) -> None:
     _load(handler)
 
 
-def _run(handler: str, event: dict[str, Any], context: tuple[str, str, float, int]) -> Any:
-    # The context is made here: the function's clock starts when it runs, not when queued.
-    return _load(handler)(event, _Context(*context))
+def _run(handler: str, event: dict[str, Any], request_id: str) -> Any:
+    return _load(handler)(event, LocalContext(request_id))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -200,7 +183,7 @@ class LambdaStandIn:
 
     def __init__(self, function_name: str = "mastmirror-sep", *, workers: int = 2,
                  env: Mapping[str, str] | None = None, run: bool = True, port: int = 0,
-                 timeout_s: float = 60.0, memory_mb: int = 1024,
+                 timeout_s: float = 60.0,
                  handler: str = HANDLER) -> None:
         """``handler`` is ``module:function`` (the real one unless a test needs another)."""
         self.function_name = function_name
@@ -209,7 +192,6 @@ class LambdaStandIn:
         self.env = dict(env or {})
         self.run = run
         self.timeout_s = timeout_s
-        self.memory_mb = memory_mb
         self._port = port
         self._lock = threading.Lock()
         self._faults: list[_Fault] = []
@@ -416,8 +398,7 @@ class LambdaStandIn:
                obs_id: str | None) -> cf.Future[dict[str, Any]] | None:
         if self._pool is None:
             return None  # --no-run: accepted and counted, nothing runs
-        fut = self._pool.submit(_run, self.handler, event, (
-            request_id, self.function_name, self.timeout_s, self.memory_mb))
+        fut = self._pool.submit(_run, self.handler, event, request_id)
         with self._lock:
             self._pending.add(fut)
 

@@ -412,7 +412,6 @@ def _flux_for_snr(snr: float, frac: float, npix: float, var_bg: float, exptime: 
 
 
 def _render(
-    obs_id: str,
     seed: int,
     *,
     n_stars: int,
@@ -633,7 +632,7 @@ def synthesize_flt(
     SExtractor convention), ra/dec from the file's own WCS, total flux in e-/s and AB mag,
     and the S/N in the reference aperture described in the module docstring.
     """
-    r, truth = _render(obs_id, seed, n_stars=n_stars, n_galaxies=n_galaxies, filt=filter,
+    r, truth = _render(seed, n_stars=n_stars, n_galaxies=n_galaxies, filt=filter,
                        exptime=exptime, sky=sky, sky_gradient=sky_gradient,
                        snr_range=snr_range, shape=shape, defects=defects, min_sep=min_sep)
     return SyntheticFlt(_assemble_flt(obs_id, r), truth, r["model"])
@@ -660,7 +659,7 @@ def make_drz(obs_id: str = "icxe15010", *, seed: int = 0, n_stars: int = 120,
     is plain TAN here); WHT is the effective exposure time per pixel, as AstroDrizzle's
     default ``final_wht_type = EXP`` writes it, with a strip of zero weight at one edge.
     """
-    r, truth = _render(obs_id, seed, n_stars=n_stars, n_galaxies=n_galaxies, filt=filter,
+    r, truth = _render(seed, n_stars=n_stars, n_galaxies=n_galaxies, filt=filter,
                        exptime=exptime, sky=None, sky_gradient=0.0, snr_range=(3.0, 500.0),
                        shape=SHAPE, defects=False, min_sep=10.0)
     wcs = fits.Header([c for c in r["wcs"].cards if c.keyword[:2] not in ("A_", "B_")])
@@ -701,7 +700,7 @@ def make_broken_flt(kind: str, obs_id: str = "icxe15wwq", *, seed: int = 0) -> b
         return b""
     if kind == "not-fits":
         return np.random.default_rng(seed).bytes(3 * BLOCK)
-    r, _ = _render(obs_id, seed, n_stars=20, n_galaxies=20, filt="F160W", exptime=1302.93,
+    r, _ = _render(seed, n_stars=20, n_galaxies=20, filt="F160W", exptime=1302.93,
                    sky=None, sky_gradient=0.05, snr_range=(5.0, 200.0), shape=SHAPE,
                    defects=True, min_sep=10.0)
     if kind == "truncated":

@@ -61,6 +61,12 @@ def test_run_once_catalogs_every_exposure_then_only_the_new_ones(pipeline: Pipel
     lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     assert {e["obs_id"] for e in lines if e.get("event") == "done"} == \
         {e.dataset for e in exposures}
+    # A job's lines carry the run and the job (bound once per job), a poll's its poll_id.
+    by_event = {e["event"]: e for e in lines}
+    assert (by_event["poll started"]["job"], by_event["dispatched"]["job"],
+            by_event["done"]["job"]) == ("poll", "dispatch", "reconcile")
+    assert len({e["run_id"] for e in lines if "job" in e or e["event"] == "service open"}) == 1
+    assert by_event["poll started"]["poll_id"] == by_event["poll finished"]["poll_id"]
 
     doc = _status(p)
     assert doc["datasets"] == {"new": 0, "dispatched": 0, "done": n, "failed": 0, "total": n}

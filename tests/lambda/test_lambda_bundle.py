@@ -187,17 +187,28 @@ def test_offline_build_without_a_wheel_says_which(tmp_path: Path, venv_wheelhous
 # -- the real bundle ---------------------------------------------------------------------
 
 def _isolated_python(version: str) -> str | None:
-    """An interpreter of ``version`` that is not this venv's (so -S leaves only stdlib)."""
+    """The real executable of a Python ``version`` that is not this venv's (so -S leaves
+    only the standard library): ``python<version>`` on PATH, else one pyenv installed (its
+    shims answer only for the active versions)."""
     if version == running_python():
         return getattr(sys, "_base_executable", sys.executable)
-    for candidate in (f"/root/.pyenv/versions/{version}.1/bin/python{version}",
-                      shutil.which(f"python{version}")):
-        if not candidate or not Path(candidate).exists():
+    candidates = [shutil.which(f"python{version}")]
+    pyenv = shutil.which("pyenv")
+    if pyenv:
+        root = subprocess.run([pyenv, "root"], capture_output=True, text=True).stdout.strip()
+        if root:
+            candidates += sorted(str(p) for p in Path(root).glob(
+                f"versions/{version}*/bin/python{version}"))
+    # The interpreter says what it is and where it really lives (a shim or a venv's python
+    # would not run with the bare environment the bundle test gives it).
+    probe = "import sys; print('%d.%d' % sys.version_info[:2], sys._base_executable)"
+    for candidate in candidates:
+        if not candidate:
             continue
-        probe = subprocess.run([candidate, "-c", "import sys; print('%d.%d' % "
-                                "sys.version_info[:2])"], capture_output=True, text=True)
-        if probe.returncode == 0 and probe.stdout.strip() == version:
-            return candidate
+        out = subprocess.run([candidate, "-c", probe], capture_output=True, text=True)
+        found = out.stdout.split()
+        if out.returncode == 0 and len(found) == 2 and found[0] == version:
+            return found[1]
     return None
 
 
@@ -288,8 +299,11 @@ def test_bundle_for_the_runtime_python(tmp_path: Path, flt_archive: Archive) -> 
     arch = machine_arch()
     python = _isolated_python("3.12")
     wheelhouse = lambda_wheelhouse("3.12", arch)
-    if python is None or wheelhouse is None:
-        pytest.skip("needs a python3.12 and the 3.12 wheelhouse ./dev fetches "
+    if python is None:
+        pytest.skip("needs a Python 3.12 interpreter: none is on PATH (python3.12) or "
+                    "installed by pyenv")
+    if wheelhouse is None:
+        pytest.skip("needs the Python 3.12 wheelhouse ./dev fetches "
                     f"(.venv/wheelhouse/py3.12-{arch})")
     report = build_bundle(tmp_path / "py312.zip", python_version="3.12", architecture=arch,
                           wheelhouse=wheelhouse, compresslevel=1)
