@@ -1,11 +1,12 @@
 """``mastmirror lambda build``: the deployment zip for the Lambda Python runtime.
 
 The zip holds the function's runtime dependencies as manylinux wheels chosen by pip's
-``--platform``/``--python-version`` options (no Docker, no compiler: every dependency ships
-binary wheels), pinned to the repository's universal lock file with its hashes, plus the
-``lambda_sep`` package itself. What no invocation needs is stripped (tests, caches, headers,
-stubs, console scripts, install records), and the archive is deterministic: the same wheels
-and sources give the same bytes, so a rebuild that changes nothing deploys nothing new.
+``--platform``/``--python-version`` options (``pip download``, then unpacked here; no Docker,
+no compiler: every dependency ships binary wheels), pinned to the repository's universal
+lock file with its hashes, plus the ``lambda_sep`` package itself. What no invocation needs
+is stripped (tests, caches, headers, stubs, console scripts, install records), and the
+archive is deterministic: the same wheels and sources give the same bytes, so a rebuild that
+changes nothing deploys nothing new.
 
 Only the standard library, ``packaging`` and pip (run as ``python -m pip``) are used here.
 This build tool lives on the daemon's side, so the bundle takes the ``lambda_sep`` package
@@ -26,7 +27,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from packaging.markers import Marker
 from packaging.utils import canonicalize_name
@@ -226,25 +227,56 @@ def _run_pip(args: list[str], requirements: Sequence[Pin], *, require_hashes: bo
 def install_wheels(requirements: Sequence[Pin], target: Path, *, python_version: str,
                    architecture: str, wheelhouse: Path | None = None,
                    require_hashes: bool = True) -> None:
-    """``pip install --target`` the pinned wheels for the runtime (not for this machine)."""
-    with tempfile.TemporaryDirectory(prefix="mastmirror-pip-") as work:
-        _run_pip(["install", "--target", str(target), "--no-compile",
-                  "--no-warn-script-location", "--ignore-installed",
-                  *_pip_args(python_version, architecture, wheelhouse)],
-                 requirements, require_hashes=require_hashes, work=Path(work),
-                 what=f"install the wheels for Python {python_version} on {architecture}")
+    """Put the pinned wheels for the runtime (not for this machine) into ``target``.
+
+    pip downloads them (choosing by the runtime's tags, checking the lock's hashes) and each
+    is unpacked as an installer lays it out. Not ``pip install --target``: before pip 23.3
+    its resolver checked each wheel's Requires-Python against the interpreter running pip,
+    not ``--python-version`` (pypa/pip#12216), so the pip 23.2 of a stock Python 3.11 venv
+    refused numpy for 3.12; ``pip download`` has honoured ``--python-version`` far longer.
+    """
+    with tempfile.TemporaryDirectory(prefix="mastmirror-wheels-") as tmp:
+        for wheel in download_wheels(requirements, Path(tmp), python_version=python_version,
+                                     architecture=architecture, wheelhouse=wheelhouse,
+                                     require_hashes=require_hashes):
+            unpack_wheel(wheel, target)
 
 
 def download_wheels(requirements: Sequence[Pin], dest: Path, *, python_version: str,
-                    architecture: str, require_hashes: bool = True) -> list[Path]:
-    """``pip download`` the pinned wheels into ``dest`` (a wheelhouse for offline builds)."""
+                    architecture: str, wheelhouse: Path | None = None,
+                    require_hashes: bool = True) -> list[Path]:
+    """``pip download`` the pinned wheels into ``dest`` (from ``wheelhouse`` alone, if given);
+    the wheels in ``dest`` afterwards."""
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mastmirror-pip-") as work:
         _run_pip(["download", "--dest", str(dest),
-                  *_pip_args(python_version, architecture, None)],
+                  *_pip_args(python_version, architecture, wheelhouse)],
                  requirements, require_hashes=require_hashes, work=Path(work),
-                 what=f"download the wheels for Python {python_version} on {architecture}")
+                 what=f"get the wheels for Python {python_version} on {architecture}")
     return sorted(dest.glob("*.whl"))
+
+
+def unpack_wheel(wheel: Path, target: Path) -> None:
+    """Install one wheel into ``target`` as ``pip install --target`` would lay it out: its
+    files at the root, with ``<name>.data/purelib`` and ``platlib`` merged in. The rest of
+    ``.data`` (scripts, headers, data files) belongs outside site-packages, which a bundle
+    does not have, and is left out; so is bytecode, which nothing here compiles."""
+    with zipfile.ZipFile(wheel) as zf:
+        for info in zf.infolist():
+            name = info.filename
+            parts = PurePosixPath(name).parts
+            if name.startswith("/") or "\\" in name or ".." in parts:
+                raise BundleError(f"{wheel.name} holds a path outside the bundle: {name!r}")
+            if info.is_dir():
+                continue
+            if parts[0].endswith(".data"):
+                if len(parts) < 3 or parts[1] not in ("purelib", "platlib"):
+                    continue
+                parts = parts[2:]
+            dest = target.joinpath(*parts)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, dest.open("wb") as out:
+                shutil.copyfileobj(src, out)
 
 
 # -- the tree ------------------------------------------------------------------------------
@@ -368,15 +400,17 @@ def runtime_python_version(runtime: str) -> str:
     return m.group(1)
 
 
-def find_lock(start: Path | None = None) -> Path:
-    """The repository's ``requirements.lock`` (next to pyproject.toml above this package)."""
-    here = (start or Path(__file__)).resolve()
-    for parent in [here, *here.parents]:
-        candidate = parent / "requirements.lock"
+def find_lock() -> Path:
+    """The repository's ``requirements.lock``: next to pyproject.toml above this package (a
+    checkout or an editable install), else in the current directory (a package installed
+    from a checkout, as the README's service recipe does, run from that checkout)."""
+    for folder in [*Path(__file__).resolve().parents, Path.cwd()]:
+        candidate = folder / "requirements.lock"
         if candidate.is_file():
             return candidate
-    raise BundleError("requirements.lock not found above daemon/; pass the lock file "
-                      "explicitly")
+    raise BundleError("requirements.lock is neither above the installed daemon package nor "
+                      "in the current directory: run from the mastmirror checkout, or pass "
+                      "--lock PATH")
 
 
 def build_bundle(output: Path, *, python_version: str, architecture: str,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from astropy.io import fits
 from click.testing import CliRunner
-from lambda_helpers import Archive, lambda_wheelhouse, machine_arch, running_python
+from lambda_helpers import REPO, Archive, lambda_wheelhouse, machine_arch, running_python
 
 import lambda_sep
 from daemon import lambda_bundle as bundle
@@ -182,6 +182,75 @@ def test_offline_build_without_a_wheel_says_which(tmp_path: Path, venv_wheelhous
     with pytest.raises(BundleError, match=r"sep==1\.4\.1"):
         build_bundle(tmp_path / "x.zip", python_version=running_python(),
                      architecture=machine_arch(), wheelhouse=partial, require_hashes=False)
+
+
+def test_wheels_unpack_as_an_installer_lays_them_out(tmp_path: Path) -> None:
+    wheel = tmp_path / "demo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for name in ("demo/__init__.py", "demo-1.0.dist-info/METADATA",
+                     "demo-1.0.data/purelib/demo_pure.py", "demo-1.0.data/platlib/demo_c.so",
+                     "demo-1.0.data/scripts/demo-tool", "demo-1.0.data/headers/demo.h",
+                     "demo-1.0.data/data/share/demo.txt"):
+            zf.writestr(name, name)
+    root = tmp_path / "root"
+    bundle.unpack_wheel(wheel, root)
+    got = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert got == ["demo-1.0.dist-info/METADATA", "demo/__init__.py", "demo_c.so",
+                   "demo_pure.py"]
+    assert (root / "demo_pure.py").read_text() == "demo-1.0.data/purelib/demo_pure.py"
+    for bad in ("../escape.py", "/abs.py", "demo/..\\..\\x.py"):
+        evil = tmp_path / "evil-1.0-py3-none-any.whl"
+        with zipfile.ZipFile(evil, "w") as zf:
+            zf.writestr(bad, "x")
+        with pytest.raises(BundleError, match="outside the bundle"):
+            bundle.unpack_wheel(evil, tmp_path / "evil")
+    assert not (tmp_path / "escape.py").exists()
+
+
+def test_the_lock_is_found_from_an_installed_package(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Installed (not editable), the package sits in site-packages, far from the checkout:
+    # run from the checkout, the lock is the current directory's.
+    monkeypatch.setattr(bundle, "__file__", str(tmp_path / "site-packages/daemon/x.py"))
+    monkeypatch.chdir(REPO)
+    assert find_lock() == REPO / "requirements.lock"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BundleError, match="run from the mastmirror checkout, or pass --lock"):
+        find_lock()
+
+
+def test_a_stock_venvs_pip_builds_for_another_python(tmp_path: Path,
+                                                     venv_wheelhouse: Path) -> None:
+    """``python3 -m venv`` on 3.11 brings pip 23.2, whose ``install --target`` checks
+    Requires-Python against 3.11 whatever --python-version says (pypa/pip#12216): the
+    bundle's wheels for 3.12 must go in all the same."""
+    arch = machine_arch()
+    target = "3.12" if running_python() != "3.12" else "3.13"
+    wheelhouse = lambda_wheelhouse(target, arch)
+    if wheelhouse is None:
+        pytest.skip(f"needs the Python {target} wheelhouse ./dev fetches "
+                    f"(.venv/wheelhouse/py{target}-{arch})")
+    venv = tmp_path / "stock"
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(venv)], check=True)  # ensurepip: offline
+    python = str(venv / "bin" / "python")
+    # The build needs packaging; installing it from the local wheels leaves pip as it was.
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-index", "--find-links",
+                    str(venv_wheelhouse), "packaging"], check=True)
+    code = ("import sys; from pathlib import Path; from daemon import lambda_bundle as b; "
+            "pins = b.bundle_pins(b.parse_lock(b.find_lock().read_text()), "
+            f"python_version={target!r}, architecture={arch!r}); "
+            f"b.install_wheels(pins, Path(sys.argv[1]), python_version={target!r}, "
+            f"architecture={arch!r}, wheelhouse=Path({str(wheelhouse)!r}))")
+    out = tmp_path / "tree"
+    proc = subprocess.run([python, "-c", code, str(out)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    pip = subprocess.run([python, "-m", "pip", "--version"], capture_output=True,
+                         text=True).stdout.split()[1]
+    assert proc.returncode == 0, f"pip {pip}: {proc.stderr[-2000:]}"
+    tag = f"cp{target.replace('.', '')}"
+    assert list(out.glob(f"numpy/_core/_multiarray_umath.{'cpython-' + tag[2:]}-*.so"))
+    assert list(out.glob("numpy-*.dist-info/METADATA"))
 
 
 # -- the real bundle ---------------------------------------------------------------------
