@@ -68,6 +68,8 @@ class ArchiveSection(_Section):
     """``[archive]``: the bucket that holds the exposures."""
 
     bucket: str = "stpubdata"
+    wait_hours: Annotated[float, Field(gt=0, le=8760)] = 48.0
+    recheck_seconds: Annotated[float, Field(ge=0, le=86400)] = 300.0
 
     @field_validator("bucket")
     @classmethod

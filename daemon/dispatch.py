@@ -17,7 +17,7 @@ import structlog
 from daemon.config import Config
 from daemon.executors import Executor
 from lambda_sep.contract import make_event
-from state.store import DatasetRow, StateStore
+from state.store import Claim, DatasetRow, Sent, StateStore
 
 log = structlog.get_logger("mastmirror.dispatch")
 
@@ -57,19 +57,19 @@ def dispatch(store: StateStore, executor: Executor, config: Config, *, run_id: s
         except BaseException as exc:
             # Whatever went wrong, these never reached the function: give them back now
             # rather than after a timeout.
-            store.unclaim([(r.obs_id, r.dispatches) for r in rows],
+            store.unclaim([Claim(r.obs_id, r.dispatches) for r in rows],
                           reason=f"not sent: {type(exc).__name__}: {exc}")
             raise
-        ok = [(s.obs_id, s.request_id, s.dispatch) for s in results if s.error is None]
+        ok = [Sent(s.obs_id, s.request_id or "", s.dispatch) for s in results if s.error is None]
         if ok:
-            store.set_request_ids((o, r or "", d) for o, r, d in ok)
+            store.set_request_ids(ok)
         for s in results:
             if s.error is None:
                 log.info("dispatched", obs_id=s.obs_id, attempt=s.dispatch,
                          request_id=s.request_id, executor=executor.kind)
         failed = [s for s in results if s.error is not None]
         if failed:
-            back = store.unclaim([(s.obs_id, s.dispatch) for s in failed],
+            back = store.unclaim([Claim(s.obs_id, s.dispatch) for s in failed],
                                  reason=failed[0].error or "not sent")
             for s in failed:
                 log.warning("not dispatched", obs_id=s.obs_id, attempt=s.dispatch, error=s.error)
@@ -83,7 +83,7 @@ def dispatch(store: StateStore, executor: Executor, config: Config, *, run_id: s
 
 def unsent(store: StateStore, events: list[Mapping[str, Any]], reason: str) -> int:
     """Put back events an executor accepted but never started (at shutdown)."""
-    back = store.unclaim([(e["obs_id"], int(e["attempt"])) for e in events], reason=reason)
+    back = store.unclaim([Claim(e["obs_id"], int(e["attempt"])) for e in events], reason=reason)
     for t in back:
         log.info("requeued", obs_id=t.obs_id, reason=reason)
     return len(back)

@@ -1,10 +1,10 @@
 """The daemon's one view of the output store: which dispatched datasets have a result.
 
-For each dataset in flight it lists the two possible result keys (the catalog
-``..._sep.fits`` and the error marker ``..._sep.error.json`` share the prefix ``..._sep``),
-then reads the catalog's metadata or the marker. The keys and the metadata names are
-``lambda_sep.contract``'s. The work is proportional to the number in flight, never to the
-number of catalogs already in the store.
+For each dataset in flight it lists the possible result keys (the catalog ``..._sep.fits``,
+the skip marker ``..._sep.skipped.json`` and the error marker ``..._sep.error.json`` share the
+prefix ``..._sep``), then reads the catalog's metadata or the marker. The keys and the
+metadata names are ``lambda_sep.contract``'s. The work is proportional to the number in
+flight, never to the number of catalogs already in the store.
 
 On S3 a LIST costs as much as a PUT, so one LIST per dataset in flight would cost about as
 much as writing the catalogs. Datasets are dispatched in MAST's order, a visit's exposures
@@ -22,7 +22,7 @@ import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from lambda_sep import storage
 from lambda_sep.contract import (
@@ -30,15 +30,20 @@ from lambda_sep.contract import (
     ERROR_SUFFIX,
     HDR_ATTEMPT,
     HDR_BYTES_READ,
+    HDR_INPUT_ETAG,
+    HDR_INPUT_SIZE,
     HDR_PEAK_RSS,
     HDR_PROCTIME,
     HDR_SOURCES,
     META_ATTEMPT,
     META_BYTES_READ,
     META_DURATION_MS,
+    META_INPUT_ETAG,
+    META_INPUT_SIZE,
     META_PEAK_RSS_MB,
     META_SOURCES,
     RESULTS_INFIX,
+    SKIPPED_SUFFIX,
     input_stem,
 )
 
@@ -46,12 +51,21 @@ from lambda_sep.contract import (
 LIST_PAGE = 1000
 
 
+class Pending(NamedTuple):
+    """A dataset in flight: its input key, and the first dispatch of its generation (a
+    catalog written before it is the previous generation's, still at the key)."""
+
+    obs_id: str
+    input_key: str
+    min_dispatch: int = 1
+
+
 @dataclass(frozen=True)
 class Result:
     """A result found in the output store for one dataset."""
 
     obs_id: str
-    kind: str  # "catalog" or "error"
+    kind: str  # "catalog", "error" or "skipped"
     key: str
     attempt: int | None = None
     sources: int | None = None
@@ -60,6 +74,14 @@ class Result:
     peak_rss_mb: float | None = None
     reason: str | None = None
     retryable: bool = False
+    missing: bool = False  # an error marker saying the input is not in the archive (yet)
+    input_etag: str | None = None
+    input_size: int | None = None
+
+    def current(self, min_dispatch: int) -> bool:
+        """Written by a dispatch of the generation that starts at ``min_dispatch`` (a result
+        that does not say which dispatch wrote it counts for a first generation only)."""
+        return self.attempt >= min_dispatch if self.attempt is not None else min_dispatch <= 1
 
 
 class OutputStore:
@@ -77,36 +99,46 @@ class OutputStore:
         self._workers = workers if s3 else min(workers, 8)
         self._shared_listing = s3 if shared_listing is None else shared_listing
 
-    def find(self, obs_id: str, input_key: str) -> Result | None:
-        """The catalog (preferred) or error marker for one dataset, or None."""
+    def find(self, obs_id: str, input_key: str, min_dispatch: int = 1) -> Result | None:
+        """This generation's result for one dataset, or None: its catalog (preferred), its
+        skip marker, or an error marker (whose dispatch the reconciler checks)."""
         stem = input_stem(input_key)
-        return self._resolve(obs_id, stem, set(self._store.list(stem + RESULTS_INFIX)))
+        return self._resolve(Pending(obs_id, input_key, min_dispatch),
+                             set(self._store.list(stem + RESULTS_INFIX)))
 
-    def _resolve(self, obs_id: str, stem: str, keys: set[str]) -> Result | None:
-        cat, err = stem + CATALOG_SUFFIX, stem + ERROR_SUFFIX
+    def _resolve(self, item: Pending, keys: set[str]) -> Result | None:
+        stem = input_stem(item.input_key)
+        cat, skip, err = stem + CATALOG_SUFFIX, stem + SKIPPED_SUFFIX, stem + ERROR_SUFFIX
         if cat in keys:
-            return self._catalog(obs_id, cat)
+            found = self._catalog(item.obs_id, cat)
+            if found is not None and found.current(item.min_dispatch):
+                return found
+        if skip in keys:
+            found = self._marker(item.obs_id, skip, "skipped")
+            if found is not None and found.current(item.min_dispatch):
+                return found
         if err in keys:
-            return self._marker(obs_id, err)
+            return self._marker(item.obs_id, err, "error")
         return None
 
-    def find_many(self, items: Sequence[tuple[str, str]]) -> dict[str, Result]:
-        """``find`` for many (obs_id, input_key) pairs, concurrently; only those with a result."""
+    def find_many(self, items: Sequence[Pending | tuple[str, str]]) -> dict[str, Result]:
+        """``find`` for many datasets in flight, concurrently; only those with a result."""
         if not items:
             return {}
+        pending = [Pending(*item) for item in items]
         listed: dict[str, set[str]] = {}  # stem -> its keys, for stems a shared listing covered
-        with ThreadPoolExecutor(max_workers=min(self._workers, len(items))) as pool:
+        with ThreadPoolExecutor(max_workers=min(self._workers, len(pending))) as pool:
             if self._shared_listing:
-                for covered in pool.map(self._list_range, _by_directory(items)):
+                for covered in pool.map(self._list_range, _by_directory(pending)):
                     listed.update(covered)
 
-            def one(item: tuple[str, str]) -> Result | None:
-                stem = input_stem(item[1])
+            def one(item: Pending) -> Result | None:
+                stem = input_stem(item.input_key)
                 if stem in listed:
-                    return self._resolve(item[0], stem, listed[stem])
+                    return self._resolve(item, listed[stem])
                 return self.find(*item)
 
-            results = list(pool.map(one, items))
+            results = list(pool.map(one, pending))
         return {r.obs_id: r for r in results if r is not None}
 
     def _list_range(self, group: tuple[str, list[str]]) -> dict[str, set[str]]:
@@ -149,7 +181,9 @@ class OutputStore:
                       sources=_int(meta.get(META_SOURCES)),
                       duration_ms=_int(meta.get(META_DURATION_MS)),
                       bytes_read=_int(meta.get(META_BYTES_READ)),
-                      peak_rss_mb=_float(meta.get(META_PEAK_RSS_MB)))
+                      peak_rss_mb=_float(meta.get(META_PEAK_RSS_MB)),
+                      input_etag=meta.get(META_INPUT_ETAG) or None,
+                      input_size=_int(meta.get(META_INPUT_SIZE)))
 
     def _header_metadata(self, key: str, size: int) -> dict[str, Any]:
         """The metadata S3 would carry, read from the catalog's own header blocks (for
@@ -166,9 +200,11 @@ class OutputStore:
         proctime = h.get(HDR_PROCTIME)
         return {META_SOURCES: h.get(HDR_SOURCES), META_ATTEMPT: h.get(HDR_ATTEMPT),
                 META_DURATION_MS: round(proctime * 1000) if proctime is not None else None,
-                META_BYTES_READ: h.get(HDR_BYTES_READ), META_PEAK_RSS_MB: h.get(HDR_PEAK_RSS)}
+                META_BYTES_READ: h.get(HDR_BYTES_READ), META_PEAK_RSS_MB: h.get(HDR_PEAK_RSS),
+                META_INPUT_ETAG: h.get(HDR_INPUT_ETAG), META_INPUT_SIZE: h.get(HDR_INPUT_SIZE)}
 
-    def _marker(self, obs_id: str, key: str) -> Result | None:
+    def _marker(self, obs_id: str, key: str, kind: str) -> Result | None:
+        """An error or skip marker (JSON written by the handler)."""
         raw = self._store.get(key)
         if raw is None:
             return None
@@ -177,22 +213,25 @@ class OutputStore:
             reason = str(body.get("reason") or "no reason given")
             attempt = _int(body.get("attempt"))
             retryable = bool(body.get("retryable", False))
+            missing = bool(body.get("missing", False))
+            etag = body.get("input_etag") or None
         except (ValueError, AttributeError):
-            reason, attempt, retryable = f"unreadable error marker at {key}", None, False
-        return Result(obs_id=obs_id, kind="error", key=key, attempt=attempt, reason=reason,
-                      retryable=retryable)
+            reason, attempt, retryable, missing, etag = (
+                f"unreadable {kind} marker at {key}", None, False, False, None)
+        return Result(obs_id=obs_id, kind=kind, key=key, attempt=attempt, reason=reason,
+                      retryable=retryable, missing=missing, input_etag=etag)
 
     def read(self, key: str) -> bytes | None:
         """The bytes of one object in the output store (for ``preview``)."""
         return self._store.get(key)
 
 
-def _by_directory(items: Sequence[tuple[str, str]]) -> list[tuple[str, list[str]]]:
+def _by_directory(items: Sequence[Pending]) -> list[tuple[str, list[str]]]:
     """Stems grouped by the archive directory above their dataset's (hst/public/<first 4>/),
     sorted; only directories with two datasets or more are worth a shared listing."""
     groups: dict[str, set[str]] = {}
-    for _obs_id, input_key in items:
-        stem = input_stem(input_key)
+    for item in items:
+        stem = input_stem(item.input_key)
         parts = stem.rsplit("/", 2)
         if len(parts) == 3:
             groups.setdefault(parts[0] + "/", set()).add(stem)

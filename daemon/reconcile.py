@@ -1,8 +1,12 @@
 """Reconcile: dispatched -> done | failed | new, from what the output store holds.
 
-A catalog means done, whichever attempt wrote it (the key is deterministic and the content
-the same). An error marker counts only if it was written by the dataset's latest dispatch
-(older markers are stale). A dataset with no result after ``executor.timeout_seconds`` is
+A catalog means done, whichever attempt of the dataset's current generation wrote it (the
+key is deterministic and the content the same); a catalog of an earlier generation, still in
+place while its input is re-catalogued, does not. A skip marker means skipped (terminal: the
+input is not an imaging exposure mastmirror catalogues). An error marker counts only if it
+was written by the dataset's latest dispatch (older markers are stale); one that says the
+input is missing from the archive holds the dataset (a wait, not an attempt) until
+``wait_hours`` have passed. A dataset with no result after ``executor.timeout_seconds`` is
 dispatched again until ``executor.max_attempts``, then failed as timed out.
 """
 
@@ -13,10 +17,10 @@ from dataclasses import dataclass
 
 import structlog
 
-from daemon.config import ExecutorSection
+from daemon.config import ArchiveSection, ExecutorSection
 from daemon.executors import Executor
-from daemon.outputs import OutputStore
-from state.store import Finished, StateStore, Transition
+from daemon.outputs import OutputStore, Pending
+from state.store import Failure, Finished, Skip, StateStore, Transition
 
 log = structlog.get_logger("mastmirror.reconcile")
 
@@ -27,44 +31,66 @@ class ReconcileOutcome:
 
     done: int = 0
     failed: int = 0
+    skipped: int = 0
     requeued: int = 0
     in_flight: int = 0
 
 
 def reconcile(store: StateStore, outputs: OutputStore, policy: ExecutorSection, *,
-              executor: Executor | None = None, now: float | None = None) -> ReconcileOutcome:
-    """One pass over the datasets in flight."""
+              archive: ArchiveSection | None = None, executor: Executor | None = None,
+              now: float | None = None) -> ReconcileOutcome:
+    """One pass over the datasets in flight.
+
+    ``archive``: how long an input may be missing from the archive bucket (``wait_hours``
+    after its release, or its discovery if later) and how soon it is looked for again
+    (``recheck_seconds``); the defaults when None.
+    """
+    archive = archive or ArchiveSection()
     now = time.time() if now is None else now
     out = ReconcileOutcome()
     rows = store.in_flight()
-    results = outputs.find_many([(r.obs_id, r.input_key) for r in rows]) if rows else {}
+    results = outputs.find_many([Pending(r.obs_id, r.input_key, r.min_dispatch)
+                                 for r in rows]) if rows else {}
     by_id = {r.obs_id: r for r in rows}
 
     finished = [Finished(obs_id=res.obs_id, catalog_key=res.key, sources=res.sources,
                          duration_ms=res.duration_ms, bytes_read=res.bytes_read,
-                         peak_rss_mb=res.peak_rss_mb)
+                         peak_rss_mb=res.peak_rss_mb, attempt=res.attempt,
+                         input_etag=res.input_etag, input_size=res.input_size)
                 for res in results.values() if res.kind == "catalog"]
     for obs_id in store.mark_done(finished, now=now):
         res = results[obs_id]
         log.info("done", obs_id=obs_id, sources=res.sources, duration_ms=res.duration_ms,
-                 attempt=by_id[obs_id].dispatches)
+                 attempt=by_id[obs_id].dispatches, generation=by_id[obs_id].generation)
         out.done += 1
 
-    failures = [(res.obs_id, by_id[res.obs_id].dispatches, res.reason or "failed",
-                 res.retryable)
-                for res in results.values()
-                if res.kind == "error" and res.attempt == by_id[res.obs_id].dispatches]
+    skips = [Skip(res.obs_id, by_id[res.obs_id].dispatches if res.attempt is None else res.attempt,
+                  res.reason or "not catalogued")
+             for res in results.values() if res.kind == "skipped"]
+    settled = store.mark_skipped(skips, now=now)
+    # Error markers count only when the dataset's latest dispatch wrote them.
+    current = [res for res in results.values()
+               if res.kind == "error" and res.attempt == by_id[res.obs_id].dispatches]
+    missing = [Failure(res.obs_id, by_id[res.obs_id].dispatches, res.reason or "input missing",
+                       True) for res in current if res.missing]
+    settled += store.hold_missing(missing, wait_s=archive.wait_hours * 3600.0,
+                                  first_delay_s=archive.recheck_seconds,
+                                  max_delay_s=max(archive.recheck_seconds, 3600.0), now=now)
+    failures = [Failure(res.obs_id, by_id[res.obs_id].dispatches, res.reason or "failed",
+                        res.retryable) for res in current if not res.missing]
     if executor is not None:
-        failures += [(lost.obs_id, lost.dispatch, lost.reason, True)
+        failures += [Failure(lost.obs_id, lost.dispatch, lost.reason, True)
                      for lost in executor.drain_lost()]
-    settled = store.fail_or_requeue(failures, max_attempts=policy.max_attempts,
-                                    backoff_s=policy.retry_backoff_seconds, now=now)
+    settled += store.fail_or_requeue(failures, max_attempts=policy.max_attempts,
+                                     backoff_s=policy.retry_backoff_seconds, now=now)
     settled += store.expire(timeout_s=policy.timeout_seconds,
                             max_attempts=policy.max_attempts, now=now)
     for t in settled:
         _log_transition(t)
         if t.state == "failed":
             out.failed += 1
+        elif t.state == "skipped":
+            out.skipped += 1
         else:
             out.requeued += 1
     out.in_flight = store.count_in_flight()
@@ -74,5 +100,7 @@ def reconcile(store: StateStore, outputs: OutputStore, policy: ExecutorSection, 
 def _log_transition(t: Transition) -> None:
     if t.state == "failed":
         log.warning("failed", obs_id=t.obs_id, attempts=t.attempts, reason=t.reason)
+    elif t.state == "skipped":
+        log.info("skipped", obs_id=t.obs_id, reason=t.reason)
     else:
         log.info("will retry", obs_id=t.obs_id, attempts=t.attempts, reason=t.reason)

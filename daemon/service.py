@@ -213,6 +213,7 @@ class Service:
         assert self.store and self.outputs
         with self._job("reconcile"):
             outcome = reconcile(self.store, self.outputs, self.config.executor,
+                                archive=self.config.archive,
                                 executor=self.executor)
             if (outcome.done or outcome.failed or outcome.requeued) and self._scheduler:
                 self._scheduler.modify_job("dispatch", next_run_time=_now_dt())

@@ -43,7 +43,9 @@ def to_dict(snap: Snapshot, *, daemon_pid: int | None = None) -> dict[str, Any]:
     oldest_age = (snap.taken_at - snap.oldest_dispatched_at
                   if snap.oldest_dispatched_at is not None else None)
     return {
-        "datasets": dict(snap.counts),
+        # waiting: new datasets held because their input is not in the archive bucket yet
+        # (a subset of new); withdrawn: done datasets whose input left the archive.
+        "datasets": {**snap.counts, "waiting": snap.waiting, "withdrawn": snap.withdrawn},
         "last_poll": last_poll,
         "last_ok_poll_at": _iso(snap.last_ok_poll_at),
         "cursor": mjd_to_iso(snap.cursor_mjd) if snap.cursor_mjd is not None else None,
@@ -89,12 +91,12 @@ def render(doc: dict[str, Any], console: Console) -> None:
     from rich.text import Text
 
     d = doc["datasets"]
+    shown = ("new", "waiting", "dispatched", "done", "failed", "skipped", "total")
     counts = Table.grid(padding=(0, 2))
-    for _ in range(5):
+    for _ in shown:
         counts.add_column(justify="right")
-    counts.add_row(*(Text(k, style="bold") for k in ("new", "dispatched", "done", "failed",
-                                                     "total")))
-    counts.add_row(*(f"{d[k]:,}" for k in ("new", "dispatched", "done", "failed", "total")))
+    counts.add_row(*(Text(k, style="bold") for k in shown))
+    counts.add_row(*(f"{d.get(k, 0):,}" for k in shown))
 
     info = Table.grid(padding=(0, 2))
     info.add_column(style="bold")
@@ -118,6 +120,9 @@ def render(doc: dict[str, Any], console: Console) -> None:
     tp = doc["throughput"]
     info.add_row("throughput", f"{tp['done_last_hour']:,} done in the last hour, "
                                f"{tp['done_last_day']:,} in the last day")
+    if d.get("withdrawn"):
+        info.add_row("withdrawn", f"{d['withdrawn']:,} catalogued input(s) gone from the "
+                                  "archive (catalogs kept)")
     if doc["rejected_products"]:
         info.add_row("refused", f"{doc['rejected_products']:,} product name(s) from MAST")
     info.add_row("database", doc["database"]["path"])

@@ -22,7 +22,15 @@ import sep
 from astropy.io import fits
 
 from lambda_sep import __version__
-from lambda_sep.contract import HDR_ATTEMPT, HDR_BYTES_READ, HDR_PEAK_RSS, HDR_PROCTIME, HDR_SOURCES
+from lambda_sep.contract import (
+    HDR_ATTEMPT,
+    HDR_BYTES_READ,
+    HDR_INPUT_ETAG,
+    HDR_INPUT_SIZE,
+    HDR_PEAK_RSS,
+    HDR_PROCTIME,
+    HDR_SOURCES,
+)
 from lambda_sep.extract import Extraction
 from lambda_sep.fitsread import Image
 from lambda_sep.params import SepParams
@@ -143,8 +151,8 @@ def build_catalog(
     h["OBS_ID"] = (obs_id, "dataset (ROOTNAME)")
     h["INBUCKET"] = (bucket, "input bucket or store")
     h["INKEY"] = (key, "input object key")
-    h["INETAG"] = (etag, "input object ETag")
-    h["INSIZE"] = (image.size, "[byte] input object size")
+    h[HDR_INPUT_ETAG] = (etag, "input object ETag")
+    h[HDR_INPUT_SIZE] = (image.size, "[byte] input object size")
     h[HDR_BYTES_READ] = (image.bytes_read, "[byte] input bytes read (ranged reads)")
     h["NREADS"] = (len(image.ranges), "ranged read requests")
     h["INEXTS"] = (",".join(image.extensions), "input extensions walked")

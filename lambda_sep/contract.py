@@ -25,6 +25,8 @@ __all__ = [
     "ERROR_SUFFIX",
     "HDR_ATTEMPT",
     "HDR_BYTES_READ",
+    "HDR_INPUT_ETAG",
+    "HDR_INPUT_SIZE",
     "HDR_PEAK_RSS",
     "HDR_PROCTIME",
     "HDR_SOURCES",
@@ -32,6 +34,7 @@ __all__ = [
     "META_BYTES_READ",
     "META_DURATION_MS",
     "META_INPUT_ETAG",
+    "META_INPUT_SIZE",
     "META_MASTMIRROR_VERSION",
     "META_OBS_ID",
     "META_PEAK_RSS_MB",
@@ -158,6 +161,7 @@ META_DURATION_MS = "duration-ms"
 META_PEAK_RSS_MB = "peak-rss-mb"
 META_BYTES_READ = "bytes-read"
 META_INPUT_ETAG = "input-etag"
+META_INPUT_SIZE = "input-size"
 META_SEP_VERSION = "sep-version"
 META_MASTMIRROR_VERSION = "mastmirror-version"
 # The same figures in the catalog extension's header, for stores without metadata.
@@ -166,6 +170,8 @@ HDR_ATTEMPT = "ATTEMPT"
 HDR_PROCTIME = "PROCTIME"  # seconds
 HDR_BYTES_READ = "BYTESRD"
 HDR_PEAK_RSS = "PEAKRSS"  # MB
+HDR_INPUT_ETAG = "INETAG"
+HDR_INPUT_SIZE = "INSIZE"  # bytes
 
 # -- the function's environment ------------------------------------------------------------
 ENV_ALLOWED_BUCKETS = "MASTMIRROR_ALLOWED_BUCKETS"  # comma-separated; unset: the default

@@ -123,7 +123,7 @@ def _refuse(exc: EventError, started: float) -> dict[str, Any]:
         problem = _write_marker(output, marker_key, {
             "obs_id": exc.obs_id, "key": exc.key, "attempt": exc.attempt, "reason": reason,
             "exception": "EventError", "retryable": False, "at": _now(),
-            "mastmirror_version": __version__,
+            "mastmirror_version": __version__, "missing": False,
         })
         if problem is None:
             output_key = marker_key
@@ -159,6 +159,7 @@ def _process(ev: Event, started: float) -> dict[str, Any]:
             contract.META_PEAK_RSS_MB: f"{rss:.1f}",
             contract.META_BYTES_READ: str(bytes_read),
             contract.META_INPUT_ETAG: info.etag,
+            contract.META_INPUT_SIZE: str(info.size),
             contract.META_SEP_VERSION: sep.__version__,
             contract.META_MASTMIRROR_VERSION: __version__,
         })
@@ -169,6 +170,8 @@ def _process(ev: Event, started: float) -> dict[str, Any]:
             "obs_id": ev.obs_id, "key": ev.key, "attempt": ev.attempt, "reason": reason,
             "exception": type(exc).__name__, "retryable": retryable, "at": _now(),
             "mastmirror_version": __version__,
+            # Not in the archive bucket (yet): the daemon holds the dataset, not an attempt.
+            "missing": isinstance(exc, InputMissing),
         })
         if problem is not None:
             reason += f" (error marker not written: {problem})"

@@ -150,6 +150,9 @@ window_days = 30.0
 
 [archive]
 bucket = "{bucket}"
+# MAST lists the releases a moment before their files reach the bucket, as the real archive
+# can: look again soon.
+recheck_seconds = 2.0
 
 [output]
 url = "catalogs"

@@ -78,7 +78,11 @@ class Transition(NamedTuple):
 
 
 class Finished(NamedTuple):
-    """A catalog found in the output store for a dispatched dataset."""
+    """A catalog found in the output store for a dispatched dataset.
+
+    ``attempt`` is the dispatch that wrote it (None when the catalog does not say): a
+    catalog from before the dataset's current generation is not this generation's result.
+    """
 
     obs_id: str
     catalog_key: str
@@ -86,6 +90,63 @@ class Finished(NamedTuple):
     duration_ms: int | None = None
     bytes_read: int | None = None
     peak_rss_mb: float | None = None
+    attempt: int | None = None
+    input_etag: str | None = None
+    input_size: int | None = None
+
+
+class Claim(NamedTuple):
+    """One dispatch of one dataset: the dataset and its dispatch number (the event's
+    ``attempt``). Transitions that settle a dispatch name it, so a late answer about an
+    older dispatch changes nothing."""
+
+    obs_id: str
+    dispatch: int
+
+
+class Sent(NamedTuple):
+    """A dispatch the executor accepted, with its request id (Lambda's, or the pool's)."""
+
+    obs_id: str
+    request_id: str
+    dispatch: int
+
+
+class Failure(NamedTuple):
+    """A handled failure of one dispatch; ``retryable`` for transient causes only."""
+
+    obs_id: str
+    dispatch: int
+    reason: str
+    retryable: bool
+
+
+class Skip(NamedTuple):
+    """A dispatch whose input is not something mastmirror catalogues, with the reason."""
+
+    obs_id: str
+    dispatch: int
+    reason: str
+
+
+class Changed(NamedTuple):
+    """A done dataset whose input in the archive is no longer the one catalogued:
+    ``etag``/``size`` were recorded, ``new_etag``/``new_size`` are what the archive holds."""
+
+    obs_id: str
+    etag: str | None
+    new_etag: str
+    new_size: int | None = None
+
+
+class Catalogued(NamedTuple):
+    """A done dataset as refresh sees it: its input and what it was catalogued from."""
+
+    obs_id: str
+    input_key: str
+    input_etag: str | None
+    input_size: int | None
+    generation: int
 
 
 @dataclass(frozen=True)
@@ -100,6 +161,8 @@ class DatasetRow:
     dispatched_at: float | None
     executor: str | None = None
     request_id: str | None = None
+    generation: int = 1
+    min_dispatch: int = 1
 
 
 @dataclass
@@ -120,9 +183,15 @@ class Snapshot:
     rejected: int
     taken_at: float
     by_executor: dict[str, int] = field(default_factory=dict)
+    waiting: int = 0
+    withdrawn: int = 0
 
 
-_ROW_COLUMNS = "obs_id, input_key, state, attempts, dispatches, dispatched_at, executor, request_id"
+# failed -> new with a fresh attempt budget, and a fresh wait for an input not archived yet.
+_RETRY = "state = 'new', attempts = 0, waiting_since = NULL, not_before = NULL, updated_at = ?"
+
+_ROW_COLUMNS = ("obs_id, input_key, state, attempts, dispatches, dispatched_at, executor, "
+                "request_id, generation, min_dispatch")
 
 
 class StateStore:
@@ -239,8 +308,8 @@ class StateStore:
 
     def cursor(self) -> float | None:
         """The discovery cursor (MJD of release up to which every window is recorded)."""
-        row = self._conn().execute("SELECT value FROM meta WHERE key = 'cursor_mjd'").fetchone()
-        return float(row[0]) if row else None
+        value = self.meta("cursor_mjd")
+        return float(value) if value is not None else None
 
     # -- polls -------------------------------------------------------------------------
 
@@ -317,14 +386,14 @@ class StateStore:
         rows.sort(key=lambda r: r[0])
         return [DatasetRow(*r) for r in rows]
 
-    def set_request_ids(self, pairs: Iterable[tuple[str, str, int]]) -> None:
-        """Record (obs_id, request_id, dispatch number) for datasets still on that dispatch."""
+    def set_request_ids(self, sent: Iterable[Sent]) -> None:
+        """Record each accepted dispatch's request id, for datasets still on that dispatch."""
         with self.transaction() as conn:
             conn.executemany(
                 "UPDATE datasets SET request_id = ? WHERE obs_id = ? AND dispatches = ? "
-                "AND state = 'dispatched'", ((rid, obs, n) for obs, rid, n in pairs))
+                "AND state = 'dispatched'", ((s.request_id, s.obs_id, s.dispatch) for s in sent))
 
-    def unclaim(self, items: Iterable[tuple[str, int]], reason: str,
+    def unclaim(self, items: Iterable[Claim], reason: str,
                 *, now: float | None = None) -> list[Transition]:
         """Put back datasets whose invocation never left (throttled past retries, no network).
 
@@ -361,24 +430,96 @@ class StateStore:
             "SELECT n FROM state_counts WHERE state = 'dispatched'").fetchone()[0])
 
     def mark_done(self, finished: Iterable[Finished], *, now: float | None = None) -> list[str]:
-        """dispatched -> done for each catalog found; returns the obs_ids that moved."""
+        """dispatched -> done for each catalog of the dataset's current generation; returns
+        the obs_ids that moved, each with its catalog recorded in the history.
+
+        A catalog written before the current generation's first dispatch (the previous
+        generation's, still at the key until the new one replaces it) moves nothing; one
+        that does not say which dispatch wrote it counts only for a first generation.
+        """
         now = time.time() if now is None else now
         moved: list[str] = []
         with self.transaction() as conn:
             for f in finished:
                 row = conn.execute(
                     "UPDATE datasets SET state = 'done', done_at = ?, updated_at = ?, error = NULL,"
-                    " catalog_key = ?, sources = ?, duration_ms = ?, bytes_read = ?, "
-                    "peak_rss_mb = ? WHERE obs_id = ? AND state = 'dispatched' RETURNING obs_id",
+                    " waiting_since = NULL, catalog_key = ?, sources = ?, duration_ms = ?, "
+                    "bytes_read = ?, peak_rss_mb = ?, input_etag = coalesce(?, input_etag), "
+                    "input_size = coalesce(?, input_size), withdrawn_at = NULL "
+                    "WHERE obs_id = ? AND state = 'dispatched' "
+                    "AND (CASE WHEN ? IS NULL THEN min_dispatch <= 1 ELSE ? >= min_dispatch END) "
+                    "RETURNING obs_id, generation, input_etag, input_size",
                     (now, now, f.catalog_key, f.sources, f.duration_ms, f.bytes_read,
-                     f.peak_rss_mb, f.obs_id)).fetchone()
+                     f.peak_rss_mb, f.input_etag, f.input_size, f.obs_id, f.attempt,
+                     f.attempt)).fetchone()
                 if row:
                     moved.append(row[0])
+                    conn.execute(
+                        "INSERT OR REPLACE INTO catalogs (obs_id, generation, catalog_key, "
+                        "input_etag, input_size, sources, attempt, made_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (row[0], row[1], f.catalog_key, row[2], row[3], f.sources, f.attempt,
+                         now))
         return moved
 
-    def fail_or_requeue(self, items: Iterable[tuple[str, int, str, bool]], *, max_attempts: int,
+    def mark_skipped(self, items: Iterable[Skip], *, now: float | None = None
+                     ) -> list[Transition]:
+        """dispatched -> skipped (terminal, not a failure) for dispatches of this generation
+        whose input is not something mastmirror catalogues."""
+        now = time.time() if now is None else now
+        out: list[Transition] = []
+        with self.transaction() as conn:
+            for obs_id, dispatch, reason in items:
+                row = conn.execute(
+                    "UPDATE datasets SET state = 'skipped', skipped_at = ?, skip_reason = ?, "
+                    "updated_at = ?, waiting_since = NULL, error = NULL WHERE obs_id = ? "
+                    "AND state = 'dispatched' AND ? >= min_dispatch AND ? <= dispatches "
+                    "RETURNING obs_id, attempts",
+                    (now, reason, now, obs_id, dispatch, dispatch)).fetchone()
+                if row:
+                    out.append(Transition(row[0], "skipped", row[1], reason))
+        return out
+
+    def hold_missing(self, items: Iterable[Failure], *, wait_s: float,
+                     first_delay_s: float = 300.0, max_delay_s: float = 3600.0,
+                     now: float | None = None) -> list[Transition]:
+        """A dispatch found its input missing from the archive bucket: a wait, not an attempt.
+
+        The dataset goes back to new, held (``waiting_since``), not before a delay that
+        doubles with the time already waited (``first_delay_s`` up to ``max_delay_s``). Once
+        ``wait_s`` has passed since the later of its release and its discovery (MAST can
+        list an exposure before the bucket has it, or list it late), it is failed with
+        the reason instead. Only the dispatch named is affected.
+        """
+        now = time.time() if now is None else now
+        # Held until the later of release and discovery plus wait_s; the held dataset's
+        # next look waits as long as it has already waited, within [first, max] delay.
+        deadline = ("max(coalesce((release_mjd - 40587.0) * 86400.0, discovered_at), "
+                    "discovered_at) + :wait")
+        sql = (f"UPDATE datasets SET state = CASE WHEN :now < {deadline} THEN 'new' "
+               "ELSE 'failed' END, "
+               f"failed_at = CASE WHEN :now < {deadline} THEN failed_at ELSE :now END, "
+               f"error = CASE WHEN :now < {deadline} THEN :reason "
+               "ELSE 'not in the archive after ' || :hours || ' h: ' || :reason END, "
+               "attempts = max(attempts - 1, 0), waiting_since = coalesce(waiting_since, :now), "
+               "not_before = :now + min(max(:now - coalesce(waiting_since, :now), :first), :max),"
+               " updated_at = :now "
+               "WHERE obs_id = :obs_id AND dispatches = :dispatch AND state = 'dispatched' "
+               "RETURNING obs_id, state, attempts, error")
+        out: list[Transition] = []
+        with self.transaction() as conn:
+            for f in items:
+                row = conn.execute(sql, {
+                    "now": now, "wait": wait_s, "hours": _fmt_seconds(wait_s / 3600.0),
+                    "reason": f.reason, "first": first_delay_s, "max": max_delay_s,
+                    "obs_id": f.obs_id, "dispatch": f.dispatch}).fetchone()
+                if row:
+                    out.append(Transition(row[0], row[1], row[2], row[3]))
+        return out
+
+    def fail_or_requeue(self, items: Iterable[Failure], *, max_attempts: int,
                         backoff_s: float = 0.0, now: float | None = None) -> list[Transition]:
-        """Settle handled failures: (obs_id, dispatch number, reason, retryable).
+        """Settle handled failures of the dispatches they name.
 
         A retryable failure with attempts to spare goes back to new, not before
         ``backoff_s * 2**(attempts-1)`` seconds; anything else is failed with its reason.
@@ -439,6 +580,91 @@ class StateStore:
                 "RETURNING obs_id, attempts", (reason, now, executor, run_id)).fetchall()
         return [Transition(o, "new", a, reason) for o, a in rows]
 
+    # -- freshness: inputs the archive changed or withdrew --------------------------------
+
+    def catalogued(self, *, after: str | None = None, limit: int = 1000,
+                   obs_ids: Sequence[str] | None = None) -> list[Catalogued]:
+        """Done datasets in obs_id order after ``after`` (a refresh walks the mirror in
+        pages), or just those of ``obs_ids`` that are done."""
+        cols = "obs_id, input_key, input_etag, input_size, generation"
+        conn = self._conn()
+        if obs_ids is not None:
+            rows = [r for o in obs_ids for r in conn.execute(
+                f"SELECT {cols} FROM datasets WHERE obs_id = ? AND state = 'done'", (o,))]
+        else:
+            rows = conn.execute(
+                f"SELECT {cols} FROM datasets WHERE state = 'done' AND obs_id > ? "
+                "ORDER BY obs_id LIMIT ?", (after or "", limit)).fetchall()
+        return [Catalogued(*r) for r in rows]
+
+    def mark_changed(self, items: Iterable[Changed], *, now: float | None = None
+                     ) -> list[Transition]:
+        """done -> new as the next generation, with a fresh attempt budget, for each done
+        dataset whose input changed since it was catalogued.
+
+        Guarded by the ETag recorded when it was catalogued, so a change seen twice (a
+        refresh and a notification) makes one generation, not two. The previous catalog
+        stays at its key until the new one replaces it.
+        """
+        now = time.time() if now is None else now
+        out: list[Transition] = []
+        with self.transaction() as conn:
+            for c in items:
+                reason = f"input changed in the archive (ETag {c.etag} -> {c.new_etag})"
+                row = conn.execute(
+                    "UPDATE datasets SET state = 'new', generation = generation + 1, "
+                    "min_dispatch = dispatches + 1, attempts = 0, not_before = NULL, "
+                    "waiting_since = NULL, withdrawn_at = NULL, checked_at = ?, error = ?, "
+                    "updated_at = ? WHERE obs_id = ? AND state = 'done' AND input_etag IS ? "
+                    "RETURNING obs_id, attempts",
+                    (now, reason, now, c.obs_id, c.etag)).fetchone()
+                if row:
+                    out.append(Transition(row[0], "new", row[1], reason))
+        return out
+
+    def mark_checked(self, obs_ids: Iterable[str], *, now: float | None = None) -> int:
+        """Record that these done datasets' inputs are unchanged (and present) as of now."""
+        now = time.time() if now is None else now
+        with self.transaction() as conn:
+            return sum(conn.execute(
+                "UPDATE datasets SET checked_at = ?, withdrawn_at = NULL "
+                "WHERE obs_id = ? AND state = 'done'", (now, o)).rowcount for o in obs_ids)
+
+    def mark_withdrawn(self, obs_ids: Iterable[str], *, now: float | None = None) -> int:
+        """Record that these done datasets' inputs are gone from the archive. The catalog
+        stays (and stays done); status flags it."""
+        now = time.time() if now is None else now
+        with self.transaction() as conn:
+            return sum(conn.execute(
+                "UPDATE datasets SET checked_at = ?, withdrawn_at = coalesce(withdrawn_at, ?) "
+                "WHERE obs_id = ? AND state = 'done'", (now, now, o)).rowcount for o in obs_ids)
+
+    def history(self, obs_id: str) -> list[dict[str, Any]]:
+        """Every catalog made of one dataset, oldest generation first."""
+        cur = self._conn().execute(
+            "SELECT obs_id, generation, catalog_key, input_etag, input_size, sources, attempt, "
+            "made_at FROM catalogs WHERE obs_id = ? ORDER BY generation", (obs_id,))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    # -- meta: small named values (job positions, counters) ------------------------------
+
+    def meta(self, key: str) -> str | None:
+        """A value from the meta table, or None."""
+        row = self._conn().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_meta(self, values: dict[str, str], *, add: dict[str, float] | None = None) -> None:
+        """Set ``values`` and add ``add`` to numeric counters, in one transaction."""
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value", values.items())
+            conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                "SET value = CAST(meta.value AS REAL) + CAST(excluded.value AS REAL)",
+                ((k, repr(float(v))) for k, v in (add or {}).items()))
+
     # -- operator actions --------------------------------------------------------------
 
     def retry_failed(self, obs_ids: Sequence[str] | None = None,
@@ -448,12 +674,12 @@ class StateStore:
         with self.transaction() as conn:
             if obs_ids is None:
                 rows = conn.execute(
-                    "UPDATE datasets SET state = 'new', attempts = 0, updated_at = ? "
-                    "WHERE state = 'failed' RETURNING obs_id", (now,)).fetchall()
+                    f"UPDATE datasets SET {_RETRY} WHERE state = 'failed' RETURNING obs_id",
+                    (now,)).fetchall()
             else:
                 rows = [r for o in obs_ids for r in conn.execute(
-                    "UPDATE datasets SET state = 'new', attempts = 0, updated_at = ? "
-                    "WHERE state = 'failed' AND obs_id = ? RETURNING obs_id", (now, o))]
+                    f"UPDATE datasets SET {_RETRY} WHERE state = 'failed' AND obs_id = ? "
+                    "RETURNING obs_id", (now, o))]
         return sorted(r[0] for r in rows)
 
     # -- reads -------------------------------------------------------------------------
@@ -496,6 +722,10 @@ class StateStore:
             hour = conn.execute(rate, (int((now - 3600) // 60),)).fetchone()[0]
             day = conn.execute(rate, (int((now - 86400) // 60),)).fetchone()[0]
             rejected = conn.execute("SELECT count(*) FROM rejects").fetchone()[0]
+            waiting = conn.execute("SELECT count(*) FROM datasets WHERE state = 'new' "
+                                   "AND waiting_since IS NOT NULL").fetchone()[0]
+            withdrawn = conn.execute("SELECT count(*) FROM datasets "
+                                     "WHERE withdrawn_at IS NOT NULL").fetchone()[0]
         poll_keys = ("id", "kind", "started_at", "finished_at", "window_lo_mjd",
                      "window_hi_mjd", "ok", "error", "windows", "observations", "products",
                      "seen", "new", "rejected")
@@ -510,7 +740,8 @@ class StateStore:
             recent_failures=[{"obs_id": o, "reason": e, "at": t, "attempts": a}
                              for o, e, t, a in fails],
             done_last_hour=int(hour), done_last_day=int(day), rejected=int(rejected),
-            taken_at=now, by_executor={str(k): int(v) for k, v in by_exec.items()})
+            taken_at=now, by_executor={str(k): int(v) for k, v in by_exec.items()},
+            waiting=int(waiting), withdrawn=int(withdrawn))
 
     def integrity_check(self) -> str:
         """``PRAGMA integrity_check``: 'ok' for a sound database."""

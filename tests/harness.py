@@ -85,7 +85,7 @@ class Pipeline:
         """config.toml for this pipeline; ``overrides`` replace keys, section by section."""
         sections: dict[str, dict[str, object]] = {
             "mast": {"url": self.mast.url, "since": "2024-01-01", "window_days": 120.0},
-            "archive": {"bucket": self.bucket},
+            "archive": {"bucket": self.bucket, "recheck_seconds": 0.0},
             "output": {"url": "catalogs"},
             "executor": {"kind": "local", "concurrency": 2, "max_attempts": 2,
                          "timeout_seconds": 120.0, "retry_backoff_seconds": 0.0},

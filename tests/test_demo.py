@@ -44,7 +44,8 @@ def test_demo_runs_the_whole_pipeline_offline(tmp_path: Path) -> None:
     status = subprocess.run([MASTMIRROR, "--config", str(work / "config.toml"), "status",
                              "--json"], capture_output=True, text=True, check=True)
     doc = json.loads(status.stdout)
-    assert doc["datasets"] == {"new": 0, "dispatched": 0, "done": 5, "failed": 0, "total": 5}
+    assert doc["datasets"] == {"new": 0, "dispatched": 0, "done": 5, "failed": 0, "skipped": 0,
+                               "waiting": 0, "withdrawn": 0, "total": 5}
     assert doc["last_poll"]["ok"] is True
     assert doc["last_poll"]["kind"] == "poll"  # the releases came in by a later poll
     assert len(list((work / "catalogs").rglob("*_sep.fits"))) == 5

@@ -6,6 +6,7 @@ boto3 against moto through the counting proxy (no faults), and a directory store
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from astropy.io import fits
 from s3_fault_proxy import S3FaultProxy
 
 from daemon import outputs
@@ -115,3 +117,35 @@ def test_a_directory_store_answers_the_same(tmp_path: Path) -> None:
     found = OutputStore(url).find_many([(ds, _key(ds)) for ds in in_flight])
     assert _kinds(found, in_flight) == expected
     assert OutputStore(url).find_many([]) == {}
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_previous_generation_catalog_gives_way_to_this_generations_markers(
+        tmp_path: Path, shared: bool) -> None:
+    """A re-catalogued dataset's old catalog stays at its key until the new one replaces it;
+    until then the reconciler must see this generation's skip or error marker, not the old
+    catalog (which would hide a failure until it timed out)."""
+    url = f"file://{tmp_path}"
+    store = open_store(url)
+    old, failing, skipped, replaced = "ib1a01001", "ib1a01002", "ib1a01003", "ib1a01004"
+    for ds in (old, failing, skipped, replaced):
+        # A directory store keeps no metadata: the reader takes it from the header.
+        table = fits.BinTableHDU.from_columns([fits.Column("x", "E", array=[1.0, 2.0, 3.0])])
+        table.header.update(ATTEMPT=4 if ds == replaced else 1, INETAG='"e1"', INSIZE=10)
+        data = io.BytesIO()
+        fits.HDUList([fits.PrimaryHDU(), table]).writeto(data)
+        store.put_atomic(_key(ds)[: -len(".fits")] + "_sep.fits", data.getvalue())
+    marker = {"reason": "no SCI", "attempt": 3, "retryable": False, "missing": False}
+    store.put_atomic(_key(failing)[:-5] + "_sep.error.json", json.dumps(marker).encode())
+    store.put_atomic(_key(skipped)[:-5] + "_sep.skipped.json",
+                     json.dumps({"reason": "grism filter G141", "attempt": 3}).encode())
+    items = [outputs.Pending(ds, _key(ds), 3) for ds in (old, failing, skipped, replaced)]
+    found = OutputStore(url, shared_listing=shared).find_many(items)
+    assert old not in found  # the old catalog alone: still waiting for this generation
+    assert (found[failing].kind, found[failing].attempt) == ("error", 3)
+    assert (found[skipped].kind, found[skipped].reason) == ("skipped", "grism filter G141")
+    assert (found[replaced].kind, found[replaced].attempt) == ("catalog", 4)
+    assert (found[replaced].input_etag, found[replaced].input_size) == ('"e1"', 10)
+    # For a first generation the same old catalog is the result.
+    first = OutputStore(url, shared_listing=shared).find_many([(old, _key(old))])
+    assert first[old].kind == "catalog"

@@ -69,7 +69,8 @@ def test_run_once_catalogs_every_exposure_then_only_the_new_ones(pipeline: Pipel
     assert by_event["poll started"]["poll_id"] == by_event["poll finished"]["poll_id"]
 
     doc = _status(p)
-    assert doc["datasets"] == {"new": 0, "dispatched": 0, "done": n, "failed": 0, "total": n}
+    assert doc["datasets"] == {"new": 0, "dispatched": 0, "done": n, "failed": 0, "skipped": 0,
+                               "waiting": 0, "withdrawn": 0, "total": n}
     assert doc["last_poll"]["ok"] is True and doc["last_poll"]["new"] == n
     assert doc["cursor"] is not None
 

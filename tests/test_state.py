@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from state.schema import SCHEMA_VERSION, SchemaError
-from state.store import Discovered, Finished, Rejected, StateStore
+from state.schema import SCHEMA_VERSION, STATES, SchemaError
+from state.store import Discovered, Finished, Rejected, Sent, StateStore
 
 
 def _exposures(n: int, start: int = 0, release: float = 60000.0) -> list[Discovered]:
@@ -37,7 +37,7 @@ def _record(store: StateStore, rows: list[Discovered], hi: float = 60100.0) -> i
 
 def _true_counts(store: StateStore) -> dict[str, int]:
     rows = store.db.execute("SELECT state, count(*) FROM datasets GROUP BY state").fetchall()
-    out = {s: 0 for s in ("new", "dispatched", "done", "failed")}
+    out = dict.fromkeys(STATES, 0)
     out.update(dict(rows))
     out["total"] = sum(out.values())
     return out
@@ -78,7 +78,8 @@ def test_record_window_is_idempotent_and_moves_cursor_forward_only(store: StateS
     assert store.cursor() is None
     assert _record(store, _exposures(10), hi=60010.0) == 10
     assert _record(store, _exposures(15), hi=60020.0) == 5  # 10 seen again, 5 new
-    assert store.counts() == {"new": 15, "dispatched": 0, "done": 0, "failed": 0, "total": 15}
+    assert store.counts() == {"new": 15, "dispatched": 0, "done": 0, "failed": 0, "skipped": 0,
+                              "total": 15}
     assert store.cursor() == 60020.0
     _record(store, [], hi=60015.0)  # an overlap window never moves the cursor back
     assert store.cursor() == 60020.0
@@ -197,9 +198,9 @@ def test_retry_resets_the_budget_and_keeps_dispatch_numbers_growing(store: State
 def test_request_ids_only_land_on_the_current_dispatch(store: StateStore) -> None:
     _record(store, _exposures(1))
     (row,) = store.claim_new(1, executor="lambda", run_id="r")
-    store.set_request_ids([(row.obs_id, "old-id", row.dispatches - 1)])
+    store.set_request_ids([Sent(row.obs_id, "old-id", row.dispatches - 1)])
     assert store.get(row.obs_id)["request_id"] is None
-    store.set_request_ids([(row.obs_id, "req-1", row.dispatches)])
+    store.set_request_ids([Sent(row.obs_id, "req-1", row.dispatches)])
     assert store.get(row.obs_id)["request_id"] == "req-1"
 
 

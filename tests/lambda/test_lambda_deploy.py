@@ -185,8 +185,8 @@ def test_waits_for_a_role_created_moments_ago(moto_lambda: str, tmp_path: Path,
     messages: list[str] = []
 
     def progress(message: str) -> None:
-        # The role appears once deploy has been refused for it and is waiting, as IAM
-        # propagation looks to Lambda (on a timer, a slow first call could outrun it).
+        # The role appears once deploy has been refused for it, as IAM propagation looks to
+        # Lambda (tied to the refusal, not to a clock: a loaded machine cannot outrun it).
         if "IAM propagation" in message and not any("IAM propagation" in m for m in messages):
             iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(ROLE_TRUST))
         messages.append(message)

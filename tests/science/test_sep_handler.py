@@ -25,7 +25,7 @@ from lambda_sep.storage import FileStore, StorageError
 from standin.flt import BROKEN_KINDS, make_broken_flt
 
 MARKER_FIELDS = {"obs_id", "key", "attempt", "reason", "exception", "retryable", "at",
-                 "mastmirror_version"}
+                 "mastmirror_version", "missing"}
 SUMMARY_FIELDS = {"obs_id", "status", "key", "sources", "duration_s", "bytes_read",
                   "peak_rss_mb", "reason"}
 
@@ -139,6 +139,7 @@ def _assert_marker(local: Local, key: str, *, reason: str, exception: str,
     assert reason in body["reason"], body["reason"]
     assert body["exception"] == exception
     assert body["retryable"] is retryable
+    assert body["missing"] is (exception == "InputMissing")
     assert body["attempt"] == attempt and body["key"] == key
     assert body["mastmirror_version"] == __version__
     # Nothing but the marker in the output, no temporary files.
@@ -383,6 +384,7 @@ def test_s3_missing_object(s3env) -> None:
     marker = json.loads(s3.get_object(Bucket=out_bucket, Key=keys[0])["Body"].read())
     assert set(marker) == MARKER_FIELDS and marker["attempt"] == 2
     assert "not found" in marker["reason"] and marker["retryable"] is True
+    assert marker["missing"] is True
 
 
 def test_s3_throttled_input_is_retryable(s3env, exposure,
