@@ -24,28 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from lambda_sep import storage
-from lambda_sep.contract import (
-    CATALOG_SUFFIX,
-    ERROR_SUFFIX,
-    HDR_ATTEMPT,
-    HDR_BYTES_READ,
-    HDR_INPUT_ETAG,
-    HDR_INPUT_SIZE,
-    HDR_PEAK_RSS,
-    HDR_PROCTIME,
-    HDR_SOURCES,
-    META_ATTEMPT,
-    META_BYTES_READ,
-    META_DURATION_MS,
-    META_INPUT_ETAG,
-    META_INPUT_SIZE,
-    META_PEAK_RSS_MB,
-    META_SOURCES,
-    RESULTS_INFIX,
-    SKIPPED_SUFFIX,
-    input_stem,
-)
+from lambda_sep import contract, storage
+from lambda_sep.contract import input_stem
 
 # Keys in one ListObjectsV2 answer (S3's maximum, and its default).
 LIST_PAGE = 1000
@@ -104,11 +84,12 @@ class OutputStore:
         skip marker, or an error marker (whose dispatch the reconciler checks)."""
         stem = input_stem(input_key)
         return self._resolve(Pending(obs_id, input_key, min_dispatch),
-                             set(self._store.list(stem + RESULTS_INFIX)))
+                             set(self._store.list(stem + contract.RESULTS_INFIX)))
 
     def _resolve(self, item: Pending, keys: set[str]) -> Result | None:
         stem = input_stem(item.input_key)
-        cat, skip, err = stem + CATALOG_SUFFIX, stem + SKIPPED_SUFFIX, stem + ERROR_SUFFIX
+        cat, skip, err = (stem + contract.CATALOG_SUFFIX, stem + contract.SKIPPED_SUFFIX,
+                          stem + contract.ERROR_SUFFIX)
         if cat in keys:
             found = self._catalog(item.obs_id, cat)
             if found is not None and found.current(item.min_dispatch):
@@ -160,7 +141,7 @@ class OutputStore:
                 current = next(pending, None)  # past every key of ``current``
             if current is None:
                 break
-            if key.startswith(current + RESULTS_INFIX):
+            if key.startswith(current + contract.RESULTS_INFIX):
                 keys[current].add(key)
             if n == budget:  # stop before the generator asks for another page
                 ended = False
@@ -174,16 +155,16 @@ class OutputStore:
         if info is None:  # deleted between list and head
             return None
         meta: dict[str, Any] = {k.lower(): v for k, v in info.metadata.items()}
-        if _int(meta.get(META_SOURCES)) is None:
+        if _int(meta.get(contract.META_SOURCES)) is None:
             meta = self._header_metadata(key, info.size)
         return Result(obs_id=obs_id, kind="catalog", key=key,
-                      attempt=_int(meta.get(META_ATTEMPT)),
-                      sources=_int(meta.get(META_SOURCES)),
-                      duration_ms=_int(meta.get(META_DURATION_MS)),
-                      bytes_read=_int(meta.get(META_BYTES_READ)),
-                      peak_rss_mb=_float(meta.get(META_PEAK_RSS_MB)),
-                      input_etag=meta.get(META_INPUT_ETAG) or None,
-                      input_size=_int(meta.get(META_INPUT_SIZE)))
+                      attempt=_int(meta.get(contract.META_ATTEMPT)),
+                      sources=_int(meta.get(contract.META_SOURCES)),
+                      duration_ms=_int(meta.get(contract.META_DURATION_MS)),
+                      bytes_read=_int(meta.get(contract.META_BYTES_READ)),
+                      peak_rss_mb=_float(meta.get(contract.META_PEAK_RSS_MB)),
+                      input_etag=meta.get(contract.META_INPUT_ETAG) or None,
+                      input_size=_int(meta.get(contract.META_INPUT_SIZE)))
 
     def _header_metadata(self, key: str, size: int) -> dict[str, Any]:
         """The metadata S3 would carry, read from the catalog's own header blocks (for
@@ -197,11 +178,16 @@ class OutputStore:
         if len(headers) < 2:
             return {}
         h = headers[1]
-        proctime = h.get(HDR_PROCTIME)
-        return {META_SOURCES: h.get(HDR_SOURCES), META_ATTEMPT: h.get(HDR_ATTEMPT),
-                META_DURATION_MS: round(proctime * 1000) if proctime is not None else None,
-                META_BYTES_READ: h.get(HDR_BYTES_READ), META_PEAK_RSS_MB: h.get(HDR_PEAK_RSS),
-                META_INPUT_ETAG: h.get(HDR_INPUT_ETAG), META_INPUT_SIZE: h.get(HDR_INPUT_SIZE)}
+        proctime = h.get(contract.HDR_PROCTIME)
+        return {
+            contract.META_SOURCES: h.get(contract.HDR_SOURCES),
+            contract.META_ATTEMPT: h.get(contract.HDR_ATTEMPT),
+            contract.META_DURATION_MS: round(proctime * 1000) if proctime is not None else None,
+            contract.META_BYTES_READ: h.get(contract.HDR_BYTES_READ),
+            contract.META_PEAK_RSS_MB: h.get(contract.HDR_PEAK_RSS),
+            contract.META_INPUT_ETAG: h.get(contract.HDR_INPUT_ETAG),
+            contract.META_INPUT_SIZE: h.get(contract.HDR_INPUT_SIZE),
+        }
 
     def _marker(self, obs_id: str, key: str, kind: str) -> Result | None:
         """An error or skip marker (JSON written by the handler)."""
