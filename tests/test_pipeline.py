@@ -239,7 +239,10 @@ def test_the_lambda_executor_end_to_end(pipeline: Pipeline, monkeypatch: Any) ->
     out_bucket = p.bucket + "-out"
     p.s3().create_bucket(Bucket=out_bucket)
     p.write_config(output={"url": f"s3://{out_bucket}/mirror"},
-                   executor={"kind": "lambda", "concurrency": 4, "timeout_seconds": 4.0,
+                   # Long enough for a run on a loaded machine (a run past it is sent
+                   # again, rightly, and the count below would be off), short enough to
+                   # see the lost event go again.
+                   executor={"kind": "lambda", "concurrency": 4, "timeout_seconds": 12.0,
                              "max_attempts": 3},
                    schedule={"reconcile_seconds": 0.5},
                    **{"lambda": {"invoke_processes": 1, "invoke_threads": 4}})
