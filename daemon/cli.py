@@ -21,7 +21,7 @@ import click
 from daemon import __version__
 from daemon.config import Config, ConfigError, find_config, load_config
 from daemon.lambda_cli import lambda_group
-from daemon.lock import AlreadyRunning, InstanceLock
+from daemon.lock import AlreadyRunning
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 1, 2, 3
 
@@ -123,29 +123,18 @@ def _print_cycle(summary: Any) -> None:
 @click.pass_obj
 def status(obj: _Ctx, as_json: bool) -> None:
     """What the mirror holds and what the daemon is doing."""
-    doc = status_document(obj.config)
+    from daemon.status import render, status_document
+
+    try:
+        doc = status_document(obj.config)
+    except FileNotFoundError as exc:
+        _fail(str(exc), EXIT_FAILED)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return
     from rich.console import Console
 
-    from daemon.status import render
-
     render(doc, Console())
-
-
-def status_document(config: Config) -> dict[str, Any]:
-    """The status document for a configuration (the database must exist)."""
-    from daemon.status import to_dict
-    from state.store import StateStore
-
-    try:
-        store = StateStore(config.state_path, readonly=True)
-    except FileNotFoundError as exc:
-        _fail(str(exc), EXIT_FAILED)
-    with store:
-        snap = store.snapshot()
-    return to_dict(snap, daemon_pid=InstanceLock(config.state_path).holder())
 
 
 @main.command()
@@ -199,7 +188,7 @@ def preview(obj: _Ctx, obs_id: str, out: Path | None) -> None:
 def demo(workdir: Path, exposures: int, release: int) -> None:
     """The whole pipeline offline: local MAST and S3 stand-ins, the daemon, a preview."""
     from daemon import logs
-    from daemon.demo import DemoError, run_demo
+    from standin.demo import DemoError, run_demo
 
     logs.configure("warning", "console")
     try:

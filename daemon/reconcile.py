@@ -29,7 +29,6 @@ log = structlog.get_logger("mastmirror.reconcile")
 class ReconcileOutcome:
     """What one reconcile run settled."""
 
-    checked: int = 0
     done: int = 0
     failed: int = 0
     skipped: int = 0
@@ -50,7 +49,6 @@ def reconcile(store: StateStore, outputs: OutputStore, policy: ExecutorSection, 
     now = time.time() if now is None else now
     out = ReconcileOutcome()
     rows = store.in_flight()
-    out.checked = len(rows)
     results = outputs.find_many([Pending(r.obs_id, r.input_key, r.min_dispatch)
                                  for r in rows]) if rows else {}
     by_id = {r.obs_id: r for r in rows}

@@ -493,9 +493,10 @@ def _auto(frame: Frame, sources: _Sources, shape: _Shape, params: SepParams) -> 
 
 def _apertures(frame: Frame, sources: _Sources, params: SepParams) -> dict[str, np.ndarray]:
     n, naper = len(sources.objs), len(params.aper_radii)
-    out = {"flux_aper": np.zeros((n, naper)), "fluxerr_aper": np.zeros((n, naper)),
-           "flags_aper": np.zeros((n, naper), np.int32),
-           "maskfrac_aper": np.zeros((n, naper), np.float32)}
+    out: dict[str, np.ndarray] = {
+        "flux_aper": np.zeros((n, naper)), "fluxerr_aper": np.zeros((n, naper)),
+        "flags_aper": np.zeros((n, naper), np.int32),
+        "maskfrac_aper": np.zeros((n, naper), np.float32)}
     ids = sources.ids if params.mask_neighbours else None
     x, y = sources.objs["x"], sources.objs["y"]
     for j, r in enumerate(params.aper_radii):

@@ -23,7 +23,7 @@ from typing import Any
 
 import sep
 
-from lambda_sep import __version__
+from lambda_sep import __version__, contract
 from lambda_sep.catalog import build_catalog
 from lambda_sep.event import Event, EventError, parse_event
 from lambda_sep.extract import extract
@@ -183,16 +183,16 @@ def _process(ev: Event, started: float) -> dict[str, Any]:
         )
         out = open_store(ev.output)
         out.put_atomic(ev.catalog_key, data, content_type="application/fits", metadata={
-            "obs-id": ev.obs_id,
-            "attempt": str(ev.attempt),
-            "sources": str(extraction.count),
-            "duration-ms": str(round(duration * 1000)),
-            "peak-rss-mb": f"{rss:.1f}",
-            "bytes-read": str(bytes_read),
-            "input-etag": info.etag,
-            "input-size": str(info.size),
-            "sep-version": sep.__version__,
-            "mastmirror-version": __version__,
+            contract.META_OBS_ID: ev.obs_id,
+            contract.META_ATTEMPT: str(ev.attempt),
+            contract.META_SOURCES: str(extraction.count),
+            contract.META_DURATION_MS: str(round(duration * 1000)),
+            contract.META_PEAK_RSS_MB: f"{rss:.1f}",
+            contract.META_BYTES_READ: str(bytes_read),
+            contract.META_INPUT_ETAG: info.etag,
+            contract.META_INPUT_SIZE: str(info.size),
+            contract.META_SEP_VERSION: sep.__version__,
+            contract.META_MASTMIRROR_VERSION: __version__,
         })
     except Exception as exc:
         reason = _reason(exc)
