@@ -183,8 +183,12 @@ class OutputStore:
                       retryable=retryable)
 
     def read(self, key: str) -> bytes | None:
-        """The bytes of one object in the output store (for ``preview``)."""
+        """The bytes of one object in the output store (``preview``, the index)."""
         return self._store.get(key)
+
+    def catalog_keys(self) -> set[str]:
+        """Every catalog key in the store (one listing: a LIST per 1,000 keys on S3)."""
+        return {k for k in self._store.list("") if k.endswith(CATALOG_SUFFIX)}
 
 
 def _by_directory(items: Sequence[tuple[str, str]]) -> list[tuple[str, list[str]]]:

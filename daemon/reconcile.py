@@ -3,7 +3,8 @@
 A catalog means done, whichever attempt wrote it (the key is deterministic and the content
 the same). An error marker counts only if it was written by the dataset's latest dispatch
 (older markers are stale). A dataset with no result after ``executor.timeout_seconds`` is
-dispatched again until ``executor.max_attempts``, then failed as timed out.
+dispatched again until ``executor.max_attempts``, then failed as timed out. Catalogs of
+datasets marked done go to the detection index, if there is one (daemon.indexing).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import structlog
 
 from daemon.config import ExecutorSection
 from daemon.executors import Executor
+from daemon.indexing import Done, Indexer
 from daemon.outputs import OutputStore
 from state.store import Finished, StateStore, Transition
 
@@ -33,8 +35,9 @@ class ReconcileOutcome:
 
 
 def reconcile(store: StateStore, outputs: OutputStore, policy: ExecutorSection, *,
-              executor: Executor | None = None, now: float | None = None) -> ReconcileOutcome:
-    """One pass over the datasets in flight."""
+              executor: Executor | None = None, now: float | None = None,
+              index: Indexer | None = None) -> ReconcileOutcome:
+    """One pass over the datasets in flight (then the index's share of the pass)."""
     now = time.time() if now is None else now
     out = ReconcileOutcome()
     rows = store.in_flight()
@@ -46,11 +49,16 @@ def reconcile(store: StateStore, outputs: OutputStore, policy: ExecutorSection, 
                          duration_ms=res.duration_ms, bytes_read=res.bytes_read,
                          peak_rss_mb=res.peak_rss_mb)
                 for res in results.values() if res.kind == "catalog"]
-    for obs_id in store.mark_done(finished, now=now):
+    done = store.mark_done(finished, now=now)
+    for obs_id in done:
         res = results[obs_id]
         log.info("done", obs_id=obs_id, sources=res.sources, duration_ms=res.duration_ms,
                  attempt=by_id[obs_id].dispatches)
         out.done += 1
+    if index is not None:
+        # generation: 1 until the state's rows carry it (the re-catalogue work adds it).
+        index.add_done(store, [Done(o, getattr(by_id[o], "generation", 1), results[o].key)
+                               for o in done])
 
     failures = [(res.obs_id, by_id[res.obs_id].dispatches, res.reason or "failed",
                  res.retryable)

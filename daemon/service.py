@@ -28,6 +28,7 @@ from daemon.config import Config, ConfigError, handler_env, load_config
 from daemon.discovery import PollOutcome, poll
 from daemon.dispatch import dispatch, unsent
 from daemon.executors import Executor, LocalExecutor
+from daemon.indexing import Indexer
 from daemon.lock import InstanceLock
 from daemon.mast import MastClient
 from daemon.mjd import mjd_to_iso
@@ -39,7 +40,7 @@ from state.store import StateStore, unwritable
 log = structlog.get_logger("mastmirror.service")
 
 # Keys a running daemon cannot change under itself; SIGHUP keeps the old value and says so.
-_RESTART_ONLY = (("state", "path"), ("executor", "kind"), ("log", "format"))
+_RESTART_ONLY = (("state", "path"), ("executor", "kind"), ("log", "format"), ("index", "url"))
 
 
 def make_executor(config: Config, on_result: Callable[[dict[str, Any]], None] | None = None
@@ -101,6 +102,7 @@ class Service:
         self.executor: Executor | None = None
         self.mast: MastClient | None = None
         self.outputs: OutputStore | None = None
+        self.indexer: Indexer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -111,6 +113,8 @@ class Service:
             self.store = StateStore(self.config.state_path)
             self.mast = make_mast_client(self.config)
             self.outputs = OutputStore(self.config.output_url)
+            if self.config.index_url:
+                self.indexer = Indexer(self.config.index_url, self.outputs)
             self.executor = make_executor(self.config, self._on_result)
             for t in self.store.reclaim_orphans(executor="local", run_id=self.run_id):
                 log.info("requeued", obs_id=t.obs_id, reason=t.reason)
@@ -207,7 +211,7 @@ class Service:
         assert self.store and self.outputs
         with self._job("reconcile"):
             outcome = reconcile(self.store, self.outputs, self.config.executor,
-                                executor=self.executor)
+                                executor=self.executor, index=self.indexer)
             if (outcome.done or outcome.failed or outcome.requeued) and self._scheduler:
                 self._scheduler.modify_job("dispatch", next_run_time=_now_dt())
 
@@ -302,6 +306,8 @@ class Service:
                     break
                 self._wake.wait(wait_s)
                 self._wake.clear()
+            if self.indexer is not None and not self.stop_event.is_set():
+                self.indexer.drain(self.store)  # a catch-up longer than the cycle
         final = self.store.counts()  # reads work on a full disk
         summary.counts = final
         summary.fatal = self.fatal
@@ -342,6 +348,8 @@ class Service:
             self.mast = make_mast_client(new)
         if new.output_url != old.output_url:
             self.outputs = OutputStore(new.output_url)
+            if self.indexer is not None:
+                self.indexer.outputs = self.outputs
         if (new.executor != old.executor or new.archive != old.archive
                 or new.output_url != old.output_url) and self.executor is not None:
             retired = self.executor
