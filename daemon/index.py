@@ -23,9 +23,8 @@ files; until then a reader that lists directories (hats, lsdb, DuckDB) may see t
 **Tiling.** A row goes to the partition whose pixel contains it; where there is none, to the
 coarsest pixel that overlaps no partition. A partition over ``max_rows`` rows splits into
 its children, recursively (HATS's adaptive tiling, grown by appends instead of planned from a
-histogram). A partition with more than ``max_fragments`` files is compacted: the small ones
-are merged, or all of them once the small ones add up to a quarter of the largest, so each
-row is rewritten a bounded number of times as the partition grows.
+histogram). A partition with more than ``max_fragments`` files is compacted, smallest files
+first (size-tiered), so a row is rewritten about log(partition / append) times.
 
 **Replacement.** A catalog of a newer generation (the archive reprocessed the exposure)
 replaces every row of its obs_id in the same commit; the catalogs file says which partitions
@@ -83,6 +82,7 @@ SCHEMA = pa.schema([
     _field("flags", pa.int16(), "", "SEP object flags"),
     _field("catalog_key", pa.string(), "", "the catalog in the output store"),
 ])
+STRING_COLUMNS = [f.name for f in SCHEMA if pa.types.is_string(f.type)]
 REGISTRY_SCHEMA = pa.schema([
     ("obs_id", pa.string()), ("generation", pa.int32()), ("catalog_key", pa.string()),
     ("rows", pa.int64()), ("skipped", pa.int64()), ("cells", pa.list_(pa.int64())),
@@ -424,14 +424,21 @@ class IndexWriter:
         if any(t.num_rows for t in tables):
             frags.append(self._write(key, _sorted(pa.concat_tables(tables))))
         if len(frags) > limits.max_fragments:
-            frags.sort(key=lambda f: f.rows, reverse=True)
-            small = frags[1:]
-            merge = small if frags[0].rows > 4 * sum(f.rows for f in small) else frags
-            keep = [f for f in frags if f not in merge]
-            whole = _sorted(pa.concat_tables([self._read(f.name) for f in merge]))
-            for f in merge:
+            frags.sort(key=lambda f: f.rows)
+            # Merge the smallest files: at least enough to halve the count, and on while
+            # the merged total is at least half the next file (so no file of about its
+            # size is left to be merged with it soon after). Sizes grow geometrically,
+            # and a row is rewritten about log(partition / append) times, not once per
+            # merge.
+            m, total = 2, frags[0].rows + frags[1].rows
+            while m < len(frags) and (2 * total >= frags[m].rows
+                                      or len(frags) - m + 1 > limits.max_fragments // 2):
+                total += frags[m].rows
+                m += 1
+            whole = _sorted(pa.concat_tables([self._read(f.name) for f in frags[:m]]))
+            for f in frags[:m]:
                 self._retire(f.name)
-            frags = [*keep, self._write(key, whole)]
+            frags = [*frags[m:], self._write(key, whole)]
         self.layout[key] = frags
 
     def _split(self, key: Key, table: pa.Table) -> list[tuple[Key, pa.Table]]:
@@ -461,7 +468,9 @@ class IndexWriter:
         name = (f"dataset/Norder={order}/Dir={npix // 10000 * 10000}/Npix={npix}/"
                 f"{self.published.commit + 1:010d}-{secrets.token_hex(4)}.parquet")
         buf = pa.BufferOutputStream()
-        pq.write_table(table, buf, row_group_size=ROW_GROUP, compression="zstd")
+        # Dictionaries for the strings only: trying them on float columns halves the speed.
+        pq.write_table(table, buf, row_group_size=ROW_GROUP, compression="zstd",
+                       use_dictionary=STRING_COLUMNS)
         data = buf.getvalue().to_pybytes()
         self._unwritten[name] = data
         ra, dec = table["ra"].to_numpy(), table["dec"].to_numpy()

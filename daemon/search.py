@@ -23,11 +23,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from daemon.index import SCHEMA, IndexFault, Manifest, read_manifest
+from daemon.index import SCHEMA, STRING_COLUMNS, IndexFault, Manifest, read_manifest
 from daemon.indexstore import IndexStore
 
 _RETRIES = 3  # a fragment deleted by a commit between reading the manifest and the file
 _COLUMNS = [f.name for f in SCHEMA if f.name != "_healpix_29"]
+_OUT = pa.schema([SCHEMA.field(c) for c in _COLUMNS])
 
 
 class SearchError(ValueError):
@@ -74,14 +75,15 @@ def cone_box(ra: float, dec: float, radius: float
     return lo, hi, (None if half >= 180.0 else (ra - half, ra + half))
 
 
-def _meets(box: tuple[float, float, tuple[float, float] | None],
-           ra_min: float, ra_max: float, dec_min: float, dec_max: float) -> bool:
+def meets(box: tuple[float, float, tuple[float, float] | None], boxes: np.ndarray
+          ) -> np.ndarray:
+    """Which sky boxes (rows of ra min, ra max, dec min, dec max) a cone's box meets."""
     lo, hi, ras = box
-    if dec_max < lo or dec_min > hi:
-        return False
-    if ras is None:
-        return True
-    return any(ras[0] + k <= ra_max and ras[1] + k >= ra_min for k in (-360.0, 0.0, 360.0))
+    hit = (boxes[:, 3] >= lo) & (boxes[:, 2] <= hi)
+    if ras is not None:
+        hit &= np.logical_or.reduce([(ras[0] + k <= boxes[:, 1]) & (ras[1] + k >= boxes[:, 0])
+                                     for k in (-360.0, 0.0, 360.0)])
+    return hit
 
 
 def separation(ra: np.ndarray, dec: np.ndarray, ra0: float, dec0: float) -> np.ndarray:
@@ -93,22 +95,46 @@ def separation(ra: np.ndarray, dec: np.ndarray, ra0: float, dec0: float) -> np.n
 
 
 class _Fragment:
-    """An opened fragment: its footer and each row group's ra/dec box."""
+    """An opened fragment: its footer, and each row group's size and ra/dec box."""
 
     def __init__(self, store: IndexStore, name: str) -> None:
-        self.file = pq.ParquetFile(store.open(name))
+        # Strings stay dictionary-encoded while rows are chosen: decoding a row group's
+        # catalog keys costs more than everything else in a small search.
+        self.file = pq.ParquetFile(store.open(name), read_dictionary=STRING_COLUMNS)
         md = self.file.metadata
         names = md.schema.names
         ira, idec = names.index("ra"), names.index("dec")
-        boxes = []
+        boxes, sizes = [], []
         for i in range(md.num_row_groups):
             rg = md.row_group(i)
+            sizes.append(rg.num_rows)
             sr, sd = rg.column(ira).statistics, rg.column(idec).statistics
             if sr is None or sd is None or not (sr.has_min_max and sd.has_min_max):
                 boxes.append((0.0, 360.0, -90.0, 90.0))
             else:
                 boxes.append((sr.min, sr.max, sd.min, sd.max))
-        self.boxes = boxes
+        self.boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+        self.sizes = np.array(sizes, dtype=np.int64)
+
+    def cone(self, box: tuple[float, float, tuple[float, float] | None],
+             cone: tuple[float, float, float]) -> tuple[pa.Table, np.ndarray] | None:
+        """The rows within the cone (all columns) and their separations, or None."""
+        groups = np.flatnonzero(meets(box, self.boxes)).tolist()
+        if not groups:
+            return None
+        # Positions first; the other columns only of row groups that hold a hit.
+        pos = self.file.read_row_groups(groups, columns=["ra", "dec"])
+        sep = separation(pos["ra"].to_numpy(), pos["dec"].to_numpy(), cone[0], cone[1])
+        hit = sep <= cone[2]
+        if not hit.any():
+            return None
+        ends = np.cumsum(self.sizes[groups])
+        starts = ends - self.sizes[groups]
+        keep = [i for i, (a, b) in enumerate(zip(starts, ends, strict=True)) if hit[a:b].any()]
+        rows = np.concatenate([np.arange(starts[i], ends[i]) for i in keep])
+        table = self.file.read_row_groups([groups[i] for i in keep], columns=_COLUMNS)
+        chosen = np.flatnonzero(hit[rows])
+        return table.take(chosen), sep[rows][chosen]
 
 
 class IndexReader:
@@ -137,44 +163,46 @@ class IndexReader:
         for attempt in range(_RETRIES):
             manifest = self.manifest()
             try:
-                return self._cone(manifest, (ra, dec, radius_arcsec / 3600.0), filter, mag_max)
+                table, sep = self._cone(manifest, (ra, dec, radius_arcsec / 3600.0))
+                break
             except FileNotFoundError:
                 if attempt == _RETRIES - 1:
                     raise IndexFault(f"{self.store.url}: a fragment the manifest names is "
-                                      "missing; run `mastmirror index check`") from None
-        raise AssertionError("unreachable")
-
-    def _cone(self, manifest: Manifest, cone: tuple[float, float, float],
-              filter: str | None, mag_max: float | None) -> pa.Table:
-        ra, dec, radius = cone
-        box = cone_box(ra, dec, radius)
-        live = {f.name for f in manifest.fragments()}
-        for name in [n for n in self._open if n not in live]:
-            del self._open[name]  # compacted or replaced away
-        pieces = []
-        for frag in manifest.fragments():
-            if not _meets(box, *frag.bbox):
-                continue
-            opened = self._open.get(frag.name)
-            if opened is None:
-                opened = self._open[frag.name] = _Fragment(self.store, frag.name)
-            groups = [i for i, b in enumerate(opened.boxes) if _meets(box, *b)]
-            if groups:
-                pieces.append(opened.file.read_row_groups(groups, columns=_COLUMNS))
-        table = pa.concat_tables(pieces) if pieces else SCHEMA.empty_table().select(_COLUMNS)
-        sep = separation(table["ra"].to_numpy(), table["dec"].to_numpy(), ra, dec)
-        keep = sep <= radius
+                                     "missing; run `mastmirror index check`") from None
+        keep = np.ones(len(sep), dtype=bool)
         if filter is not None:
             keep &= pc.equal(table["filter"], filter.upper()).to_numpy(zero_copy_only=False)
         if mag_max is not None:
-            keep &= pc.less_equal(table["mag_auto"], mag_max).to_numpy(
-                zero_copy_only=False).astype(bool)
+            keep &= pc.fill_null(pc.less_equal(table["mag_auto"], mag_max), False).to_numpy(
+                zero_copy_only=False)
         idx = np.flatnonzero(keep)
         idx = idx[np.argsort(sep[idx], kind="stable")]
-        out = table.take(pa.array(idx))
+        out = table.take(idx).cast(_OUT)
         return out.append_column(pa.field("separation", pa.float64(), metadata={
             "unit": "arcsec", "description": "distance from the search position"}),
-            pa.array(sep[idx] * 3600.0))
+            pa.chunked_array([sep[idx] * 3600.0], pa.float64()))
+
+    def _cone(self, manifest: Manifest, cone: tuple[float, float, float]
+              ) -> tuple[pa.Table, np.ndarray]:
+        box = cone_box(*cone)
+        live = {f.name for f in manifest.fragments()}
+        for name in [n for n in self._open if n not in live]:
+            del self._open[name]  # compacted or replaced away
+        frags = list(manifest.fragments())
+        boxes = np.array([f.bbox for f in frags], dtype=np.float64).reshape(-1, 4)
+        tables, seps = [], []
+        for i in np.flatnonzero(meets(box, boxes)):
+            name = frags[i].name
+            opened = self._open.get(name)
+            if opened is None:
+                opened = self._open[name] = _Fragment(self.store, name)
+            found = opened.cone(box, cone)
+            if found is not None:
+                tables.append(found[0])
+                seps.append(found[1])
+        if not tables:
+            return _OUT.empty_table(), np.empty(0)
+        return pa.concat_tables(tables), np.concatenate(seps)
 
 
 _READERS: dict[str, IndexReader] = {}
