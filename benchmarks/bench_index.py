@@ -134,10 +134,11 @@ def _count(work: Path) -> int:
         "catalogs"]
 
 
-def processes(work: Path, runs: int) -> dict[str, list[float]]:
+def processes(work: Path, runs: int, exe: str) -> dict[str, list[float]]:
     """Wall time of ``mastmirror search`` as a fresh process, degrees and sexagesimal, with
-    a config.toml naming the index (as an operator runs it)."""
-    exe = str(Path(sys.executable).with_name("mastmirror"))
+    a config.toml naming the index (as an operator runs it); and of ``mastmirror
+    --version``, the same program doing nothing, measured alongside (the machine is
+    shared: the difference is what a search costs)."""
     config = work / "config.toml"
     config.write_text('[index]\nurl = "index"\n[output]\nurl = "catalogs"\n'
                       '[state]\npath = "state.db"\n')
@@ -146,18 +147,20 @@ def processes(work: Path, runs: int) -> dict[str, list[float]]:
     from astropy.coordinates import SkyCoord
 
     sky = SkyCoord(ra, dec, unit="deg")
-    forms = {"degrees": [repr(ra), repr(dec)],
+    forms = {"--version (baseline)": [],
+             "degrees": [repr(ra), repr(dec)],
              "sexagesimal": [sky.ra.to_string("hourangle", sep=":", precision=3),
                              sky.dec.to_string(sep=":", precision=2, alwayssign=True)]}
     out: dict[str, list[float]] = {}
     for name, pos in forms.items():
         times = []
         for _ in range(runs):
+            cmd = [exe, "--config", str(config), "search", *pos, "30", "--format", "csv"] \
+                if pos else [exe, "--version"]
             t0 = time.perf_counter()
-            proc = subprocess.run([exe, "--config", str(config), "search", *pos, "30",
-                                   "--format", "csv"], capture_output=True, check=True)
+            proc = subprocess.run(cmd, capture_output=True, check=True)
             times.append(time.perf_counter() - t0)
-            assert proc.stdout.count(b"\n") > 1, proc.stdout[:200]
+            assert proc.stdout.count(b"\n") > (1 if pos else 0), proc.stdout[:200]
         out[name] = sorted(times)
     return out
 
@@ -171,15 +174,21 @@ def main() -> None:
     ap.add_argument("--cones", type=int, default=300)
     ap.add_argument("--processes", type=int, default=10)
     ap.add_argument("--work", type=Path, default=Path("/tmp/mastmirror-bench-index"))
+    ap.add_argument("--exe", default=str(Path(sys.executable).with_name("mastmirror")),
+                    help="the mastmirror console script to time (e.g. of a service install "
+                         "from requirements.lock, which has no pandas)")
+    ap.add_argument("--search-only", action="store_true",
+                    help="reuse the index in --work: only the searches")
     args = ap.parse_args()
     logs.configure("warning", "console")
     args.work.mkdir(parents=True, exist_ok=True)
-    made = make_catalogs(args.work / "catalogs", args.catalogs, args.rows)
-    print(f"catalogs: {args.catalogs} x {args.rows} rows ready in {made:.0f} s")
-    figures = ingest(args.work, args.catalogs, args.rows, args.batch)
-    print("ingest:", json.dumps(figures))
+    if not args.search_only:
+        made = make_catalogs(args.work / "catalogs", args.catalogs, args.rows)
+        print(f"catalogs: {args.catalogs} x {args.rows} rows ready in {made:.0f} s")
+        figures = ingest(args.work, args.catalogs, args.rows, args.batch)
+        print("ingest:", json.dumps(figures))
     print("warm 30\" cones:", json.dumps(cones(args.work, args.cones)))
-    for name, times in processes(args.work, args.processes).items():
+    for name, times in processes(args.work, args.processes, args.exe).items():
         print(f"mastmirror search as a process ({name}): median {statistics.median(times):.3f}"
               f" s, min {times[0]:.3f} s, max {times[-1]:.3f} s")
 

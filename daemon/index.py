@@ -55,7 +55,7 @@ MANIFEST = "_mastmirror/manifest.json"
 FORMAT = "mastmirror-index/1"
 DEFAULT_MAX_ROWS = 1_000_000  # hats-import's default pixel threshold
 DEFAULT_MAX_FRAGMENTS = 8
-ROW_GROUP = 16_384  # rows per Parquet row group: what a small cone search decodes
+ROW_GROUP = 8_192  # rows per Parquet row group: what a small cone search decodes
 MAX_SPLIT_ORDER = 20  # a 0.2" pixel; no real field is denser than max_rows there
 
 
@@ -574,7 +574,10 @@ class IndexWriter:
 
 
 def _sorted(table: pa.Table) -> pa.Table:
-    return table.take(pc.sort_indices(table["_healpix_29"]))
+    # One chunk first: take() over many chunks is 25 times slower. The parts are sorted
+    # runs already, which a stable (merge) sort takes in linear time.
+    table = table.combine_chunks()
+    return table.take(np.argsort(table["_healpix_29"].to_numpy(), kind="stable"))
 
 
 def _version() -> str:

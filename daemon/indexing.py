@@ -89,17 +89,28 @@ def read_catalogs(outputs: OutputStore, items: Sequence[Done]
             return d, f"{d.catalog_key} is not a usable catalog: {exc}"
 
     parsed, later, bad = [], [], []
-    if not items:
-        return parsed, later, bad
-    with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(items))) as pool:
-        for d, got in pool.map(one, items):
-            if isinstance(got, CatalogRows):
-                parsed.append(got)
-            elif got is None:
-                later.append(d)
-            else:
-                bad.append((d, got))
+    for d, got in _readers().map(one, items):
+        if isinstance(got, CatalogRows):
+            parsed.append(got)
+        elif got is None:
+            later.append(d)
+        else:
+            bad.append((d, got))
     return parsed, later, bad
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _readers() -> ThreadPoolExecutor:
+    """The threads that read catalogs (one pool per process: a pass starts none)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=READ_THREADS,
+                                       thread_name_prefix="index-read")
+        return _pool
 
 
 class Indexer:
@@ -171,7 +182,8 @@ class Indexer:
                 log.info("not indexed: the index holds a newer generation", obs_id=obs_id)
             added += len(outcome.added) + len(outcome.replaced)
             if later:
-                log.warning("catalogs unreachable; indexing them later", datasets=len(later))
+                log.warning("catalogs unreachable; indexing them later", datasets=len(later),
+                            obs_ids=[d.obs_id for d in later[:20]])
         if added:
             log.info("index commit", catalogs=added, commit=self._writer.published.commit,
                      rows=self._writer.published.rows, backlog=len(self._backlog))

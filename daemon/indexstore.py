@@ -43,6 +43,7 @@ class IndexStore:
         """Open ``url``; nothing is read or created yet."""
         parts = urlsplit(url)
         self.url = url
+        self._pool: ThreadPoolExecutor | None = None
         if parts.scheme == "s3":
             prefix = parts.path.strip("/")
             env = os.environ.get
@@ -96,15 +97,16 @@ class IndexStore:
         """``delete`` each name, several at once."""
         self._each(self.delete, list(names))
 
-    @staticmethod
-    def _each(fn: Callable[[Any], None], items: list[Any]) -> None:
+    def _each(self, fn: Callable[[Any], None], items: list[Any]) -> None:
         if len(items) <= 1:
             for item in items:
                 fn(item)
             return
-        with ThreadPoolExecutor(max_workers=min(IO_THREADS, len(items))) as pool:
-            for _ in pool.map(fn, items):
-                pass
+        if self._pool is None:  # kept: starting threads for every commit costs more
+            self._pool = ThreadPoolExecutor(max_workers=IO_THREADS,
+                                            thread_name_prefix="index-io")
+        for _ in self._pool.map(fn, items):
+            pass
 
     def delete(self, name: str) -> None:
         """Remove ``name``; a missing object is fine."""

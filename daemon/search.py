@@ -124,7 +124,10 @@ class _Fragment:
             return None
         # Positions first; the other columns only of row groups that hold a hit.
         pos = self.file.read_row_groups(groups, columns=["ra", "dec"])
-        sep = separation(pos["ra"].to_numpy(), pos["dec"].to_numpy(), cone[0], cone[1])
+        dec = pos["dec"].to_numpy()
+        near = np.flatnonzero(np.abs(dec - cone[1]) <= cone[2])  # a cheap first cut
+        sep = np.full(len(dec), np.inf)
+        sep[near] = separation(pos["ra"].to_numpy()[near], dec[near], cone[0], cone[1])
         hit = sep <= cone[2]
         if not hit.any():
             return None

@@ -67,6 +67,8 @@ def test_catalogs_reconcile_into_the_index_and_search_finds_the_stars(
 
     code, out = _cli(p, "search", "12", "95", "10")
     assert code == 2 and "declination" in out
+    code, out = _cli(p, "search", "10:00:00", "-45:00:00", "30")  # a "-" is no option
+    assert code == 0 and out.endswith("0 detection(s)\n")
     code, out = _cli(p, "index", "rebuild")
     assert code == 0 and f"{len(exposures)} catalogs" in out
     assert _cli(p, "index", "check")[0] == 0
