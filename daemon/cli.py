@@ -233,7 +233,7 @@ def index_group() -> None:
 def index_rebuild(obj: _Ctx) -> None:
     """Make the index again from the catalogs of every done dataset (the daemon must not
     run; searches see the old index until the new one is complete)."""
-    from daemon.indexing import rebuild
+    from daemon.indexcheck import rebuild
     from daemon.outputs import OutputStore
     from state.store import StateStore
 
@@ -264,7 +264,7 @@ def index_rebuild(obj: _Ctx) -> None:
 @click.pass_obj
 def index_check(obj: _Ctx, as_json: bool) -> None:
     """Compare the index with the state and the catalogs (exit 1 if they differ)."""
-    from daemon.indexing import check
+    from daemon.indexcheck import check
     from daemon.outputs import OutputStore
     from state.store import StateStore
 

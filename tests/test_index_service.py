@@ -20,7 +20,8 @@ from index_catalogs import catalog_bytes, field_exposure, obs_id
 
 from daemon.cli import main
 from daemon.config import ExecutorSection
-from daemon.indexing import Indexer, check
+from daemon.indexcheck import check
+from daemon.indexing import Indexer
 from daemon.outputs import OutputStore
 from daemon.reconcile import reconcile
 from lambda_sep.storage import open_store
