@@ -4,10 +4,10 @@
    directory output store: ``--catalogs`` of ``--rows`` detections each (default 20,000 x
    500 = 10 million), four exposures per pointing (small dithers, different filters),
    pointings uniform on the sky. Kept in ``--work`` and reused by later runs.
-2. Ingest through the daemon's own hook: datasets are marked done in a real state database
-   ``--batch`` at a time, as reconcile passes would, and ``Indexer.add_done`` reads each
-   catalog from the output store, parses it and commits it to the index (splits and
-   compactions included). Reports catalogs/s overall.
+2. Ingest through the daemon's own indexer: datasets are marked done in a real state
+   database ``--batch`` at a time, as reconcile passes would, queued, and one
+   ``Indexer.step`` reads each catalog from the output store, parses it and commits it to
+   the index (splits and compactions included). Reports catalogs/s overall.
 3. Cone searches of 30": ``--cones`` warm library calls (one IndexReader, centred on random
    detections) and ``--processes`` runs of the ``mastmirror search`` console script as a
    fresh process (degrees, then sexagesimal), wall time each.
@@ -86,14 +86,15 @@ def ingest(work: Path, n: int, rows: int, batch: int) -> dict[str, float]:
                         [Discovered(e.obs_id, e.input_key, 60000.0, e.obs_id)
                          for e in exposures], observations=n, products=n)
     outputs = OutputStore(f"file://{work / 'catalogs'}")
-    indexer = Indexer(f"file://{index}", outputs)
+    indexer = Indexer(f"file://{index}", outputs, store)
     t0 = time.perf_counter()
     for start in range(0, n, batch):
         chunk = exposures[start:start + batch]
         store.claim_new(len(chunk), executor="local", run_id="bench")
         store.mark_done([Finished(e.obs_id, e.catalog_key, rows) for e in chunk])
-        added = indexer.add_done(store, [Done(e.obs_id, 1, e.catalog_key) for e in chunk])
-        assert added == len(chunk), (start, added)
+        indexer.queue([Done(e.obs_id, 1, e.catalog_key) for e in chunk])
+        settled = indexer.step()
+        assert settled == len(chunk), (start, settled)
     seconds = time.perf_counter() - t0
     m = read_manifest(IndexStore(f"file://{index}"))
     assert m is not None and m.catalogs == n and m.rows == n * rows

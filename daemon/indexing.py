@@ -108,27 +108,46 @@ def _readers() -> ThreadPoolExecutor:
 
 
 class Indexer:
-    """Adds done datasets' catalogs to the index at ``url`` (the reconcile hook)."""
+    """Adds done datasets' catalogs to the index at ``url``, on a thread of its own.
 
-    def __init__(self, url: str, outputs: OutputStore, *, per_pass: int = PER_PASS,
-                 batch: int = BATCH) -> None:
-        """Nothing is opened until the first ``add_done``."""
+    Reconcile hands it the datasets it marked done (``queue``: no I/O, never blocks), so
+    the index never slows a state transition down; the thread (``start``) takes them, and
+    the backlog, a bounded ``step`` at a time.
+    """
+
+    def __init__(self, url: str, outputs: OutputStore, store: StateStore, *,
+                 per_pass: int = PER_PASS, batch: int = BATCH, idle_s: float = 5.0) -> None:
+        """Nothing is opened until the first ``step``."""
         self.url = url
         self.outputs = outputs
+        self.store = store
         self.per_pass = per_pass
         self.batch = batch
+        self.idle_s = idle_s  # between steps when there is nothing new (or after a failure)
         self._writer: IndexWriter | None = None
         self._backlog: dict[str, Done] | None = None  # None: not compared with the state yet
-        self._lock = threading.Lock()
+        self._queued: list[Done] = []
+        self._lock = threading.Lock()  # one step at a time
+        self._queue_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     @property
     def backlog(self) -> int:
         """Done datasets known to be missing from the index (-1: not looked yet)."""
-        return -1 if self._backlog is None else len(self._backlog)
+        return -1 if self._backlog is None else len(self._backlog) + len(self._queued)
 
-    def add_done(self, store: StateStore, done: Sequence[Done] = ()) -> int:
-        """Index ``done`` and up to ``per_pass`` datasets of the backlog; returns how many
-        catalogs went in. Never raises: what fails stays in the backlog for the next call."""
+    def queue(self, done: Sequence[Done]) -> None:
+        """Datasets reconcile just marked done; the next step indexes them."""
+        if done:
+            with self._queue_lock:
+                self._queued.extend(done)
+            self._wake.set()
+
+    def step(self) -> int:
+        """Index what was queued and up to ``per_pass`` datasets of the backlog; returns
+        how many left the backlog. Never raises: what fails stays for the next step."""
         with self._lock:
             try:
                 if self._writer is None:
@@ -136,31 +155,53 @@ class Indexer:
 
                     self._writer = IndexWriter.open(self.url)
                 if self._backlog is None:
-                    self._backlog = _missing(done_datasets(store), self._writer)
+                    self._backlog = _missing(done_datasets(self.store), self._writer)
                     if self._backlog:
                         log.info("index catching up", missing=len(self._backlog))
-                for d in done:
-                    self._backlog[d.obs_id] = d
+                with self._queue_lock:
+                    queued, self._queued = self._queued, []
+                # A dataset queued before the backlog was read is in both: once is enough.
+                self._backlog.update((d.obs_id, d) for d in queued)
                 return self._step()
-            except Exception as exc:  # the index must never take reconcile down with it
+            except Exception as exc:  # the index must never take the daemon down with it
                 log.error("index update failed; it will be tried again", index=self.url,
                           error=f"{type(exc).__name__}: {exc}")
                 self._writer = None  # reopen and recover next time
                 return 0
 
-    def drain(self, store: StateStore) -> int:
-        """``add_done`` until the backlog is empty or stops shrinking; returns the count."""
+    def drain(self) -> int:
+        """``step`` until the backlog is empty or stops shrinking; returns the count."""
         total = 0
         while True:
-            added = self.add_done(store)
-            total += added
-            if not added or not self._backlog:
+            settled = self.step()
+            total += settled
+            if not settled or not self.backlog:
                 return total
+
+    def start(self) -> None:
+        """Index on a thread of its own until ``close``."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="index", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self.step() or not self.backlog:
+                self._wake.wait(self.idle_s)
+                self._wake.clear()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the thread after the step in progress (a commit interrupted by the process
+        ending is safe, as a kill -9 is)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
 
     def _step(self) -> int:
         assert self._writer is not None and self._backlog is not None
         todo = list(self._backlog.values())[: self.per_pass]
-        added = 0
+        settled = added = 0
         for start in range(0, len(todo), self.batch):
             chunk = todo[start:start + self.batch]
             parsed, later, bad = read_catalogs(self.outputs, chunk)
@@ -171,11 +212,12 @@ class Indexer:
             outcome = self._writer.add(parsed)
             for c in parsed:
                 del self._backlog[c.obs_id]
-            for obs_id in outcome.replaced:
-                log.info("index rows replaced", obs_id=obs_id,
-                         generation=self._writer.held()[obs_id][0])
-            for obs_id in outcome.stale:
-                log.info("not indexed: the index holds a newer generation", obs_id=obs_id)
+                if c.obs_id in outcome.replaced:
+                    log.info("index rows replaced", obs_id=c.obs_id, generation=c.generation)
+                elif c.obs_id in outcome.stale:
+                    log.info("not indexed: the index holds a newer generation",
+                             obs_id=c.obs_id, generation=c.generation)
+            settled += len(bad) + len(parsed)
             added += len(outcome.added) + len(outcome.replaced)
             if later:
                 log.warning("catalogs unreachable; indexing them later", datasets=len(later),
@@ -183,7 +225,7 @@ class Indexer:
         if added:
             log.info("index commit", catalogs=added, commit=self._writer.published.commit,
                      rows=self._writer.published.rows, backlog=len(self._backlog))
-        return added
+        return settled
 
 
 def _missing(done: dict[str, Done], writer: IndexWriter) -> dict[str, Done]:

@@ -37,7 +37,7 @@ class ReconcileOutcome:
 def reconcile(store: StateStore, outputs: OutputStore, policy: ExecutorSection, *,
               executor: Executor | None = None, now: float | None = None,
               index: Indexer | None = None) -> ReconcileOutcome:
-    """One pass over the datasets in flight (then the index's share of the pass)."""
+    """One pass over the datasets in flight (those done are queued for the index)."""
     now = time.time() if now is None else now
     out = ReconcileOutcome()
     rows = store.in_flight()
@@ -57,8 +57,8 @@ def reconcile(store: StateStore, outputs: OutputStore, policy: ExecutorSection, 
         out.done += 1
     if index is not None:
         # generation: 1 until the state's rows carry it (the re-catalogue work adds it).
-        index.add_done(store, [Done(o, getattr(by_id[o], "generation", 1), results[o].key)
-                               for o in done])
+        index.queue([Done(o, getattr(by_id[o], "generation", 1), results[o].key)
+                     for o in done])
 
     failures = [(res.obs_id, by_id[res.obs_id].dispatches, res.reason or "failed",
                  res.retryable)

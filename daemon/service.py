@@ -114,7 +114,8 @@ class Service:
             self.mast = make_mast_client(self.config)
             self.outputs = OutputStore(self.config.output_url)
             if self.config.index_url:
-                self.indexer = Indexer(self.config.index_url, self.outputs)
+                self.indexer = Indexer(self.config.index_url, self.outputs, self.store,
+                                       idle_s=self.config.schedule.reconcile_seconds)
             self.executor = make_executor(self.config, self._on_result)
             for t in self.store.reclaim_orphans(executor="local", run_id=self.run_id):
                 log.info("requeued", obs_id=t.obs_id, reason=t.reason)
@@ -139,6 +140,8 @@ class Service:
                         raise
                     # They stay dispatched; the next daemon requeues them as orphans.
                     log.warning("could not requeue unstarted runs", reason=str(exc))
+        if self.indexer is not None:
+            self.indexer.close(timeout_s=5.0)
         if self.mast is not None:
             self.mast.close()
         if self.store is not None:
@@ -237,6 +240,8 @@ class Service:
         self._add_jobs(sched)
         with _signals(self.stop_event, self._reload):
             sched.start()
+            if self.indexer is not None:
+                self.indexer.start()
             self.notifier.ready()
             self.notifier.status(self.status_line())
             log.info("service running", poll_minutes=self.config.schedule.poll_minutes,
@@ -291,6 +296,8 @@ class Service:
             self.config.schedule.reconcile_seconds
         started = time.monotonic()
         summary = CycleSummary()
+        if self.indexer is not None:
+            self.indexer.start()
         with _signals(self.stop_event, self._reload), _Progress(progress) as bar:
             summary.poll = self.poll_job(progress=bar.poll)
             start_counts = self.store.counts()
@@ -307,7 +314,7 @@ class Service:
                 self._wake.wait(wait_s)
                 self._wake.clear()
             if self.indexer is not None and not self.stop_event.is_set():
-                self.indexer.drain(self.store)  # a catch-up longer than the cycle
+                self.indexer.drain()  # what the thread has not reached yet
         final = self.store.counts()  # reads work on a full disk
         summary.counts = final
         summary.fatal = self.fatal
