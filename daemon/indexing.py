@@ -116,7 +116,8 @@ class Indexer:
     """
 
     def __init__(self, url: str, outputs: OutputStore, store: StateStore, *,
-                 per_pass: int = PER_PASS, batch: int = BATCH, idle_s: float = 5.0) -> None:
+                 per_pass: int = PER_PASS, batch: int = BATCH, idle_s: float = 5.0,
+                 first_after_s: float = 10.0) -> None:
         """Nothing is opened until the first ``step``."""
         self.url = url
         self.outputs = outputs
@@ -124,6 +125,10 @@ class Indexer:
         self.per_pass = per_pass
         self.batch = batch
         self.idle_s = idle_s  # between steps when there is nothing new (or after a failure)
+        # The thread's first step (pyarrow's import, the catch-up) waits this long, or for
+        # the first dataset done: a starting daemon's own work (the first poll, starting
+        # the worker pool) goes first.
+        self.first_after_s = first_after_s
         self._writer: IndexWriter | None = None
         self._backlog: dict[str, Done] | None = None  # None: not compared with the state yet
         self._queued: list[Done] = []
@@ -185,6 +190,8 @@ class Indexer:
             self._thread.start()
 
     def _run(self) -> None:
+        self._wake.wait(self.first_after_s)
+        self._wake.clear()
         while not self._stop.is_set():
             if not self.step() or not self.backlog:
                 self._wake.wait(self.idle_s)
