@@ -3,8 +3,8 @@
 A catalog means done, whichever attempt wrote it (the key is deterministic and the content
 the same). An error marker counts only if it was written by the dataset's latest dispatch
 (older markers are stale). A dataset with no result after ``executor.timeout_seconds`` is
-dispatched again until ``executor.max_attempts``, then failed as timed out. Catalogs of
-datasets marked done go to the detection index, if there is one (daemon.indexing).
+dispatched again until ``executor.max_attempts``, then failed as timed out. Datasets
+marked done are queued for the detection index, if there is one (daemon.indexing).
 """
 
 from __future__ import annotations
