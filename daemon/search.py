@@ -14,6 +14,7 @@ searches in one process (the library call, warm) decode only the row groups they
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Callable
 from typing import IO, Any
@@ -42,12 +43,41 @@ def parse_position(ra: float | str, dec: float | str) -> tuple[float, float]:
     try:
         ra_deg, dec_deg = float(ra), float(dec)
     except ValueError:
-        ra_deg, dec_deg = _sexagesimal(str(ra), str(dec))
+        fast = _plain_sexagesimal(str(ra), "h"), _plain_sexagesimal(str(dec), "d")
+        if fast[0] is not None and fast[1] is not None:
+            ra_deg, dec_deg = fast
+        else:
+            ra_deg, dec_deg = _sexagesimal(str(ra), str(dec))
     if not (math.isfinite(ra_deg) and math.isfinite(dec_deg)):
         raise SearchError(f"position ({ra}, {dec}) is not finite")
     if abs(dec_deg) > 90.0:
         raise SearchError(f"declination {dec} is outside -90..90 degrees")
     return ra_deg % 360.0, dec_deg
+
+
+# The three spellings people type, read here as SkyCoord reads them (tests compare the
+# two) because importing astropy.coordinates costs a search process half a second:
+# 10:21:03.2 and 10 21 03.2 (RA in hours, Dec in degrees), 10h21m03.2s and -41d12m00s.
+_SEXAGESIMAL = [re.compile(r"([+-]?)(\d{1,3})(:)(\d{1,2}):(\d{1,2}(?:\.\d*)?)"),
+                re.compile(r"([+-]?)(\d{1,3})( )\s*(\d{1,2})\s+(\d{1,2}(?:\.\d*)?)"),
+                re.compile(r"([+-]?)(\d{1,3})([hd])(\d{1,2})m(\d{1,2}(?:\.\d*)?)s")]
+
+
+def _plain_sexagesimal(text: str, default: str) -> float | None:
+    """Degrees of one of the spellings above (``default``: "h" or "d" when it has no
+    unit letter), or None for anything else (SkyCoord then reads it)."""
+    for pattern in _SEXAGESIMAL:
+        m = pattern.fullmatch(text.strip())
+        if m is None:
+            continue
+        sign, whole, sep, minutes, seconds = m.groups()
+        if int(minutes) >= 60 or float(seconds) >= 60:
+            return None  # SkyCoord's verdict (a warning or an error) then applies
+        value = int(whole) + int(minutes) / 60 + float(seconds) / 3600
+        if (sep if sep in "hd" else default) == "h":
+            value *= 15.0
+        return -value if sign == "-" else value
+    return None
 
 
 def _sexagesimal(ra: str, dec: str) -> tuple[float, float]:

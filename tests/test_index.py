@@ -235,6 +235,24 @@ def test_positions_in_degrees_or_sexagesimal() -> None:
             parse_position(*bad)
 
 
+def test_sexagesimal_spellings_read_as_skycoord_reads_them() -> None:
+    rng = np.random.default_rng(4)
+    for ra_deg, dec_deg in zip(rng.uniform(0, 360, 60), rng.uniform(-90, 90, 60),
+                               strict=True):
+        sky = SkyCoord(ra_deg * u.deg, dec_deg * u.deg)
+        for sep in (":", " ", None):
+            if sep is None:
+                ra, dec = sky.ra.to_string("hourangle"), sky.dec.to_string(alwayssign=True)
+            else:
+                ra = sky.ra.to_string("hourangle", sep=sep, precision=3, pad=True)
+                dec = sky.dec.to_string(sep=sep, precision=2, alwayssign=True, pad=True)
+            want = SkyCoord(ra, dec, unit=(u.hourangle, u.deg))
+            got = parse_position(ra, dec)
+            assert got == pytest.approx((want.ra.deg, want.dec.deg), abs=1e-11), (ra, dec)
+    assert parse_position("0h30m00s", "-0d30m00s") == pytest.approx((7.5, -0.5))
+    assert parse_position("12d30m00s", "-00:30:00") == pytest.approx((12.5, -0.5))
+
+
 def test_unusable_catalogs_are_refused_with_a_reason() -> None:
     e = field_exposure(obs_id(1), 10.0, 10.0, n=5, seed=1)
     raw = catalog_bytes(e)
