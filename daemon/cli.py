@@ -203,7 +203,7 @@ def search(obj: _Ctx, ra: str, dec: str, radius: float, filter_: str | None,  # 
     (10:21:03.2 +41:12:00 with RA in hours, or 10h21m03.2s +41d12m00s).
     """
     from daemon.index import IndexFault
-    from daemon.search import SearchError, write
+    from daemon.search import NoIndex, SearchError, write
     from daemon.search import search as cone
 
     url = _index_url(obj, index_arg)
@@ -212,10 +212,10 @@ def search(obj: _Ctx, ra: str, dec: str, radius: float, filter_: str | None,  # 
               EXIT_CONFIG)
     try:
         table = cone(url, ra, dec, radius, filter=filter_, mag_max=mag_max)
+    except (NoIndex, IndexFault, OSError) as exc:
+        _fail(str(exc), EXIT_FAILED)
     except SearchError as exc:
-        _fail(str(exc), EXIT_FAILED if "no detection index" in str(exc) else EXIT_CONFIG)
-    except (IndexFault, OSError) as exc:
-        _fail(f"{url}: {exc}", EXIT_FAILED)
+        _fail(str(exc), EXIT_CONFIG)
     if out is None:
         write(table, fmt)
     else:

@@ -33,7 +33,11 @@ _OUT = pa.schema([SCHEMA.field(c) for c in _COLUMNS])
 
 
 class SearchError(ValueError):
-    """A search that cannot be made (bad position or radius, no index); says why."""
+    """A search that cannot be made (bad position or radius); says why."""
+
+
+class NoIndex(SearchError):
+    """There is no index at the URL (yet)."""
 
 
 def parse_position(ra: float | str, dec: float | str) -> tuple[float, float]:
@@ -182,7 +186,7 @@ class IndexReader:
         """The current commit; SearchError if there is no index at the URL."""
         m = read_manifest(self.store)
         if m is None:
-            raise SearchError(f"no detection index at {self.store.url} (it is made as "
+            raise NoIndex(f"no detection index at {self.store.url} (it is made as "
                               "catalogs reconcile with [index] url set, or by "
                               "`mastmirror index rebuild`)")
         return m

@@ -26,7 +26,7 @@ from daemon.catalog_rows import CatalogError, read_catalog
 from daemon.healpix import hp29, shift
 from daemon.index import IndexWriter, read_fragment, read_manifest, read_registry
 from daemon.indexstore import IndexStore
-from daemon.search import IndexReader, SearchError, parse_position, search
+from daemon.search import IndexReader, NoIndex, SearchError, parse_position, search
 
 # Fields centred where cones are hard, then fields at random places.
 _HARD = [(359.995, 0.01), (0.005, -0.02), (0.0, 89.985), (200.0, 89.99), (10.0, -89.98),
@@ -271,5 +271,5 @@ def no_index(tmp_path: Path) -> Iterator[str]:
 
 
 def test_searching_where_there_is_no_index_says_so(no_index: str) -> None:
-    with pytest.raises(SearchError, match="no detection index"):
+    with pytest.raises(NoIndex, match="no detection index"):
         search(no_index, 1.0, 2.0, 3.0)
