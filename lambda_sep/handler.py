@@ -136,7 +136,7 @@ def _refuse(exc: EventError, started: float) -> dict[str, Any]:
 def _process(ev: Event, started: float) -> dict[str, Any]:
     bytes_read = 0
     try:
-        inp = open_store(ev.bucket)
+        inp = open_store(ev.bucket, anonymous=ev.anonymous)
         info = inp.head(ev.key)
         if info is None:
             raise InputMissing(f"input object not found: {inp.url}/{ev.key}")

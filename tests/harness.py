@@ -11,27 +11,27 @@ import boto3
 from daemon.config import load_config
 from daemon.service import CycleSummary, Service
 from standin.archive import Archive, Exposure
-from standin.flt import make_flt
+from standin.flt import archive_flt
 from standin.mast import MastStandin
 
-_FLT_CACHE: dict[str, bytes] = {}
+_FLT_CACHE: dict[tuple[str, str], bytes] = {}
 
 
-def flt_bytes(dataset: str) -> bytes:
+# Fewer sources than the science tests use: the pipeline tests check plumbing and that
+# bright injected sources come back, quickly.
+_SOURCES = {"n_stars": 40, "n_galaxies": 40}
+
+
+def flt_bytes(dataset: str, filter: str = "F160W") -> bytes:
     """A synthetic FLT for a dataset, made once per test process (seeded by its name)."""
-    if dataset not in _FLT_CACHE:
-        seed = int.from_bytes(dataset.encode(), "little") % (2**31)
-        # Fewer sources than the science tests use: the pipeline tests check plumbing
-        # and that bright injected sources come back, quickly.
-        data, _ = make_flt(dataset, seed=seed, n_stars=40, n_galaxies=40)
-        _FLT_CACHE[dataset] = data
-    return _FLT_CACHE[dataset]
+    if (dataset, filter) not in _FLT_CACHE:
+        _FLT_CACHE[dataset, filter] = archive_flt(dataset, filter, **_SOURCES)[0]
+    return _FLT_CACHE[dataset, filter]
 
 
-def truth_of(dataset: str) -> object:
-    """The injected sources of ``flt_bytes(dataset)``."""
-    seed = int.from_bytes(dataset.encode(), "little") % (2**31)
-    return make_flt(dataset, seed=seed, n_stars=40, n_galaxies=40)[1]
+def truth_of(dataset: str, filter: str = "F160W") -> object:
+    """The injected sources of ``flt_bytes(dataset, filter)``."""
+    return archive_flt(dataset, filter, **_SOURCES)[1]
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Pipeline:
         for e in exposures:
             if e.dataset in self.uploaded:
                 continue
-            body = content.get(e.dataset) or flt_bytes(e.dataset)
+            body = content.get(e.dataset) or flt_bytes(e.dataset, e.filter)
             s3.put_object(Bucket=self.bucket, Key=e.key, Body=body)  # type: ignore[attr-defined]
             self.uploaded.add(e.dataset)
 
