@@ -111,3 +111,48 @@ def toml(sections: dict[str, dict[str, object]]) -> str:
             else:
                 lines.append(f"{key} = {value!r}")
     return "\n".join(lines) + "\n"
+
+
+@dataclass
+class ArchiveScenario:
+    """What the real archive does that a plain synthetic one does not (issue 10), added to
+    a pipeline's archive: each entry as MAST lists it, with MAST's real field values."""
+
+    in_folder: Exposure  # filed under MAST's obs_id, which is not its file's root
+    looked_up: Exposure  # obs_id and file root disagree, and the folder is neither: MAST's
+    # path lookup alone knows it
+    calibration: list[Exposure]  # intentType "calibration"
+    grism: list[Exposure]  # G141 and G102: FLT files like any other, OBSTYPE SPECTROSCOPIC
+    hap: list[str]  # Hubble Advanced Products names, listed as FLT products
+    delayed: Exposure  # listed by MAST; its file reaches the bucket later (upload_delayed)
+
+    @property
+    def catalogued(self) -> list[Exposure]:
+        """The scenario's exposures mastmirror catalogues (the delayed one once it is there)."""
+        return [self.in_folder, self.looked_up, self.delayed]
+
+
+def add_archive_scenario(p: Pipeline, at_mjd: float = 60410.0) -> ArchiveScenario:
+    """Add the scenario's exposures to ``p``'s archive and put every file in the bucket
+    except the delayed one's."""
+    a = p.archive
+    scenario = ArchiveScenario(
+        in_folder=a.add_exposure(at_mjd=at_mjd, dataset="ifld01a1q", obs_id="ifld01a1m"),
+        # Upper case, as older MAST answers (astroquery's recorded products.json).
+        looked_up=a.add_exposure(at_mjd=at_mjd + 1, dataset="ifld02a1q", obs_id="IFLD02A1M",
+                                 folder="ifld02a1n"),
+        calibration=[a.add_exposure(at_mjd=at_mjd + 2, intent="calibration"),
+                     a.add_exposure(at_mjd=at_mjd + 3, intent="calibration", filter="F140W")],
+        grism=[a.add_exposure(at_mjd=at_mjd + 4, filter="G141"),
+               a.add_exposure(at_mjd=at_mjd + 5, filter="G102")],
+        hap=[a.plant_bad("hap", at_mjd=at_mjd + 6, stem=stem).flt_filename for stem in (
+            "hst_16514_21_wfc3_ir_f160w_iepo21aaq", "hst_16514_21_wfc3_ir_f160w_iepo21abq")],
+        delayed=a.add_exposure(at_mjd=at_mjd + 7),
+    )
+    p.upload([e for e in a.exposures() if e.dataset != scenario.delayed.dataset])
+    return scenario
+
+
+def upload_delayed(p: Pipeline, scenario: ArchiveScenario) -> None:
+    """The delayed exposure's file reaches the bucket (MAST listed it before)."""
+    p.upload([scenario.delayed])
