@@ -11,7 +11,7 @@ from typing import Any
 import boto3
 import pytest
 from click.testing import CliRunner
-from lambda_helpers import tiny_bundle
+from lambda_helpers import deploy_config
 from structlog.testing import capture_logs
 
 from daemon.cli import main
@@ -44,13 +44,7 @@ def test_deploy_warns_when_the_account_runs_fewer_than_the_daemon_wants(
     # The function is created in moto; the account's limits are the stand-in's (a new
     # account's 50, not the documented 1,000), asked through the same Lambda endpoint.
     name = f"sep-cap-{uuid.uuid4().hex[:6]}"
-    (tmp_path / "build").mkdir()
-    tiny_bundle(tmp_path / "build" / "bundle.zip")
-    config = tmp_path / "config.toml"
-    config.write_text(
-        '[archive]\nbucket = "stpubdata"\n[output]\nurl = "s3://mirror-out/catalogs"\n'
-        f'[executor]\nkind = "lambda"\nfunction = "{name}"\nconcurrency = 1000\n'
-        f'[lambda]\nrole_arn = "{role_arn}"\nbundle = "build/bundle.zip"\n')
+    config = deploy_config(tmp_path, role_arn, name, executor="concurrency = 1000\n")
     with LambdaStandIn(name, run=False, account_limit=50, upstream=moto_lambda) as fn:
         monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", fn.url)
         runner = CliRunner()

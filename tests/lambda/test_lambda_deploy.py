@@ -12,7 +12,7 @@ from pathlib import Path
 import boto3
 import pytest
 from click.testing import CliRunner
-from lambda_helpers import tiny_bundle
+from lambda_helpers import deploy_config, tiny_bundle
 
 from daemon import lambda_deploy as dep
 from daemon.cli import main
@@ -156,13 +156,7 @@ def test_spec_from_config() -> None:
 
 
 def test_cli_deploy(moto_lambda: str, role_arn: str, tmp_path: Path) -> None:
-    (tmp_path / "build").mkdir()
-    tiny_bundle(tmp_path / "build" / "bundle.zip")
-    config = tmp_path / "config.toml"
-    config.write_text(
-        '[archive]\nbucket = "stpubdata"\n[output]\nurl = "s3://mirror-out/catalogs"\n'
-        f'[executor]\nkind = "lambda"\nfunction = "sep-cli-{uuid.uuid4().hex[:6]}"\n'
-        f'[lambda]\nrole_arn = "{role_arn}"\nbundle = "build/bundle.zip"\n')
+    config = deploy_config(tmp_path, role_arn, f"sep-cli-{uuid.uuid4().hex[:6]}")
     runner = CliRunner()
     out = runner.invoke(main, ["--config", str(config), "lambda", "deploy"])
     assert out.exit_code == 0, out.output
