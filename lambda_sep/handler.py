@@ -164,7 +164,7 @@ def _process(ev: Event, started: float) -> dict[str, Any]:
         return _skip(ev, refusal, None, started, 0)
     bytes_read = 0
     try:
-        inp = open_store(ev.bucket)
+        inp = open_store(ev.bucket, anonymous=ev.anonymous)
         info = inp.head(ev.key)
         if info is None:
             raise InputMissing(f"input object not found: {inp.url}/{ev.key}")

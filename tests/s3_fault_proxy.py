@@ -6,6 +6,10 @@ connection without answering, or forwards and then cuts the response body half-w
 are chosen per request from a hash of the seed, the request (method, path, range) and how
 many times it was made before, so the same run meets the same faults however the threads of
 the daemon and the handler interleave.
+
+``refuse_signed`` names a bucket that, like the public archive read with a role that has no
+rights on it, refuses every signed request (an ``Authorization`` header or a presigned
+``X-Amz-Signature``) with ``403 AccessDenied``, and serves unsigned ones.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from standin.loopback import LoopbackHTTPServer
 
 SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
             b"<Message>Please reduce your request rate.</Message></Error>")
+ACCESS_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+                 b"<Message>Access Denied</Message></Error>")
 
 
 class S3FaultProxy:
@@ -33,12 +39,14 @@ class S3FaultProxy:
 
     def __init__(self, upstream: str, *, rate: float = 0.0, seed: int = 1,
                  kinds: tuple[str, ...] = ("slowdown", "drop", "cut"),
-                 methods: tuple[str, ...] = ("GET", "PUT", "HEAD", "DELETE")) -> None:
+                 methods: tuple[str, ...] = ("GET", "PUT", "HEAD", "DELETE"),
+                 refuse_signed: str | None = None) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.rate = rate
         self.kinds = kinds
         self.methods = methods
+        self.refuse_signed = refuse_signed
         self.counts: Counter[str] = Counter()
         self._seed = seed
         self._seen: Counter[str] = Counter()
@@ -69,6 +77,19 @@ class S3FaultProxy:
             self.counts[f"{kind} {method}"] += 1
             return kind
 
+    def refuses(self, path: str, authorization: str | None) -> bool:
+        """Whether a request is a signed one to the ``refuse_signed`` bucket (and count
+        which kind of request each one to that bucket was)."""
+        if self.refuse_signed is None:
+            return False
+        parts = urlsplit(path)
+        if parts.path.lstrip("/").split("/", 1)[0] != self.refuse_signed:
+            return False
+        signed = bool(authorization) or "X-Amz-Signature=" in parts.query
+        with self._lock:
+            self.counts["archive signed" if signed else "archive unsigned"] += 1
+        return signed
+
     def __enter__(self) -> S3FaultProxy:
         self._thread.start()
         return self
@@ -98,8 +119,20 @@ def _handler(proxy: S3FaultProxy) -> type[BaseHTTPRequestHandler]:
                     self.rfile.readline()
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
+        def _error(self, status: int, reason: str, body: bytes) -> None:
+            """S3's answer to a refused request: an XML error document (none to a HEAD)."""
+            self.send_response(status, reason)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
         def _serve(self) -> None:
             body = self._body()
+            if proxy.refuses(self.path, self.headers.get("Authorization")):
+                self._error(403, "Forbidden", ACCESS_DENIED)
+                return
             fault = proxy.fault_for(self.command, self.path, self.headers.get("Range", ""))
             if fault == "drop":
                 # Nothing back at all: the client sees the connection closed.
@@ -107,12 +140,7 @@ def _handler(proxy: S3FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return
             if fault == "slowdown":
-                self.send_response(503, "Slow Down")
-                self.send_header("Content-Type", "application/xml")
-                self.send_header("Content-Length", str(len(SLOWDOWN)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(SLOWDOWN)
+                self._error(503, "Slow Down", SLOWDOWN)
                 return
             headers = {k: v for k, v in self.headers.items()
                        if k.lower() not in ("transfer-encoding", "connection", "content-length")}
