@@ -91,8 +91,11 @@ def test_run_once_meets_the_real_archive(pipeline: Pipeline) -> None:
     held = rows[scenario.delayed.dataset]
     assert held["state"] == "new" and held["waiting_since"] and held["attempts"] == 0
 
-    # The file reaches the bucket; the next cycle catalogues it on its first attempt.
+    # The file reaches the bucket; the next cycle after the held dataset's recheck time
+    # catalogues it on its first attempt. The hold backs off with the time already waited,
+    # so a slow first run (a loaded machine) pushes the recheck past the next instant.
     upload_delayed(p, scenario)
+    time.sleep(max(0.0, held["not_before"] - time.time()) + 0.05)
     cycle = p.run_once()
     assert cycle.ok and cycle.done == 1 and cycle.waiting == 0
     delayed = _rows(p)[scenario.delayed.dataset]
