@@ -126,7 +126,8 @@ def offline_archive(exposures: int, *, days: float = 120.0, seed: int = 2018
     bucket = "stpubdata"
     since = time.strftime("%Y-%m-%d", time.gmtime(time.time() - (days + 1) * 86400))
     with moto_s3() as endpoint, MastStandin(archive) as mast, _aws_env(endpoint):
-        s3_client().create_bucket(Bucket=bucket)
+        # Readable anonymously, as stpubdata is ([archive] anonymous = true).
+        s3_client().create_bucket(Bucket=bucket, ACL="public-read")
         yield OfflineArchive(archive, bucket, mast.url, endpoint, since)
 
 

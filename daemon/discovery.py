@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -102,6 +102,21 @@ class PollOutcome:
     rejected: int = 0
     error: str | None = None
     cursor_mjd: float | None = None
+
+
+def confirm(client: MastClient, mast: MastSection, datasets: Sequence[str], *,
+            now: float | None = None) -> list[Discovered]:
+    """The exposures among ``datasets`` (lower-case dataset names) that MAST lists as
+    public, with their ``mast.product`` file: what a poll would have recorded for them.
+    Raises MastError when MAST does not answer (the caller asks again later)."""
+    if not datasets:
+        return []
+    public = mjd(time.time() if now is None else now)
+    obs = [o for o in client.observations_by_id(datasets) if o.release_mjd <= public]
+    products = list(client.products([o.obsid for o in obs])) if obs else []
+    wanted = set(datasets)
+    return [d for d in select_products(obs, products, mast.product).datasets
+            if d.obs_id in wanted]
 
 
 def windows(start: float, end: float, step: float) -> list[tuple[float, float]]:

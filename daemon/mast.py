@@ -103,6 +103,18 @@ class MastClient:
         responses = self._call(lambda: self._obs.query_criteria_async(
             obs_collection=self.collection, instrument_name=self.instrument,
             t_obs_release=[lo_mjd, hi_mjd]), "observations")
+        return self._observations(responses)
+
+    def observations_by_id(self, obs_ids: Sequence[str]) -> list[Observation]:
+        """The observations of the collection and instrument with these obs_ids (dataset
+        names), whatever their release date."""
+        ids = list(obs_ids)
+        responses = self._call(lambda: self._obs.query_criteria_async(
+            obs_collection=self.collection, instrument_name=self.instrument, obs_id=ids),
+            "observations")
+        return self._observations(responses)
+
+    def _observations(self, responses: list[requests.Response]) -> list[Observation]:
         out = []
         for row in _rows(responses, "observations"):
             try:

@@ -1,7 +1,8 @@
-"""The service: poll, dispatch and reconcile on APScheduler, or one full cycle (``--once``).
+"""The service: poll, dispatch, reconcile and refresh on APScheduler, or one full cycle
+(``--once``); with ``[archive] notifications``, a thread long-polls the archive's queue.
 
 The main thread owns signals and the systemd conversation (READY, STATUS, WATCHDOG,
-STOPPING); the three jobs run on the scheduler's threads, one instance each at a time.
+STOPPING); the jobs run on the scheduler's threads, one instance each at a time.
 SIGTERM/SIGINT stop taking new work, give local runs a bounded time to finish, and exit 0;
 SIGHUP reloads config.toml, or logs why it cannot and keeps the old configuration.
 """
@@ -24,6 +25,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor as JobThreads
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from daemon import logs
+from daemon.archive import ArchiveBucket
 from daemon.config import Config, ConfigError, handler_env, load_config
 from daemon.discovery import PollOutcome, poll
 from daemon.dispatch import dispatch, unsent
@@ -31,8 +33,10 @@ from daemon.executors import Executor, LocalExecutor
 from daemon.lock import InstanceLock
 from daemon.mast import MastClient
 from daemon.mjd import mjd_to_iso
+from daemon.notifications import Listener, Queue
 from daemon.outputs import OutputStore
 from daemon.reconcile import reconcile
+from daemon.refresh import pace, walk
 from daemon.sdnotify import Notifier
 from state.store import StateStore, unwritable
 
@@ -101,6 +105,8 @@ class Service:
         self.executor: Executor | None = None
         self.mast: MastClient | None = None
         self.outputs: OutputStore | None = None
+        self.archive: ArchiveBucket | None = None
+        self.listener: Listener | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -111,6 +117,9 @@ class Service:
             self.store = StateStore(self.config.state_path)
             self.mast = make_mast_client(self.config)
             self.outputs = OutputStore(self.config.output_url)
+            self.archive = ArchiveBucket(self.config.archive.bucket,
+                                         anonymous=self.config.archive.anonymous)
+            self.listener = self._make_listener(self.config)
             self.executor = make_executor(self.config, self._on_result)
             for t in self.store.reclaim_orphans(executor="local", run_id=self.run_id):
                 log.info("requeued", obs_id=t.obs_id, reason=t.reason)
@@ -137,9 +146,22 @@ class Service:
                     log.warning("could not requeue unstarted runs", reason=str(exc))
         if self.mast is not None:
             self.mast.close()
+        if self.listener is not None:
+            self.listener.mast.close()
+        if self.archive is not None:
+            self.archive.close()
         if self.store is not None:
             self.store.close()
         self.lock.release()
+
+    def _make_listener(self, config: Config) -> Listener | None:
+        """The archive-notification listener ``[archive] notifications`` asks for (with a
+        MAST client of its own: it runs beside the poll)."""
+        if not config.archive.notifications:
+            return None
+        assert self.store and self.archive
+        return Listener(Queue(config.archive.notifications), self.store, self.archive,
+                        mast=make_mast_client(config), config=config, outputs=self.outputs)
 
     def _retire(self, executor: Executor, timeout_s: float) -> None:
         """Close an executor replaced by a reload: runs it started finish on their own (the
@@ -156,7 +178,7 @@ class Service:
                   duration_s=summary.get("duration_s"))
         self._wake.set()
 
-    # -- the three jobs ----------------------------------------------------------------
+    # -- the jobs ----------------------------------------------------------------
 
     @contextlib.contextmanager
     def _job(self, name: str) -> Iterator[None]:
@@ -212,6 +234,56 @@ class Service:
             if (outcome.done or outcome.failed or outcome.requeued) and self._scheduler:
                 self._scheduler.modify_job("dispatch", next_run_time=_now_dt())
 
+    def refresh_job(self) -> None:
+        """Compare the next few catalogued inputs with the archive (the background walk)."""
+        assert self.store and self.archive
+        with self._job("refresh"):
+            batch, _ = pace(self.config.schedule.refresh_per_hour)
+            outcome = walk(self.store, self.archive, self.outputs, limit=batch)
+            if outcome.changed and self._scheduler is not None:
+                self._scheduler.modify_job("dispatch", next_run_time=_now_dt())
+
+    def notifications_job(self, *, wait_s: int) -> int:
+        """One poll of the archive's queue (waiting up to ``wait_s`` for a message) and what
+        its messages ask for; returns how many messages arrived."""
+        listener = self.listener
+        if listener is None or self.stop_event.is_set():
+            return 0
+        messages = listener.receive(wait_s=wait_s)  # no state touched: a stop need not wait
+        if not messages or self.stop_event.is_set():
+            return len(messages)  # unhandled ones come back after their visibility timeout
+        with self._job("notifications"):
+            outcome = listener.handle(messages)
+            if (outcome.changed or outcome.recorded) and self._scheduler is not None:
+                self._scheduler.modify_job("dispatch", next_run_time=_now_dt())
+        return len(messages)
+
+    def _listen(self) -> None:
+        """The notification thread: long polls until the daemon stops; trouble reaching the
+        queue is logged and tried again, a little later each time (at most a minute)."""
+        delay = 1.0
+        while not self.stop_event.is_set():
+            if self.listener is None:  # none configured (a reload may add one)
+                self.stop_event.wait(1.0)
+                continue
+            try:
+                self.notifications_job(wait_s=20)
+                delay = 1.0
+            except Exception as exc:
+                log.warning("archive notifications: queue not reachable", error=str(exc),
+                            queue=self.config.archive.notifications, retry_in_s=delay)
+                self.stop_event.wait(delay)
+                delay = min(delay * 2, 60.0)
+
+    def _drain_notifications(self) -> None:
+        """What the archive's queue holds now, for ``run --once`` (short polls until empty)."""
+        try:
+            while self.notifications_job(wait_s=1):
+                pass
+        except Exception as exc:
+            log.warning("archive notifications: queue not reachable", error=str(exc),
+                        queue=self.config.archive.notifications)
+
     # -- run ---------------------------------------------------------------------------
 
     def status_line(self) -> str:
@@ -227,13 +299,16 @@ class Service:
     def run_forever(self) -> int:
         """The daemon loop; returns the exit code."""
         sched = BackgroundScheduler(
-            executors={"default": JobThreads(3)},
+            executors={"default": JobThreads(4)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone="UTC")
         self._scheduler = sched
         self._add_jobs(sched)
         with _signals(self.stop_event, self._reload):
             sched.start()
+            # A daemon thread: a long poll in progress at exit is simply abandoned (its
+            # messages come back after their visibility timeout).
+            threading.Thread(target=self._listen, daemon=True, name="notifications").start()
             self.notifier.ready()
             self.notifier.status(self.status_line())
             log.info("service running", poll_minutes=self.config.schedule.poll_minutes,
@@ -267,6 +342,16 @@ class Service:
                       next_run_time=_now_dt())
         sched.add_job(self.dispatch_job, "interval", seconds=s.dispatch_seconds, id="dispatch")
         sched.add_job(self.reconcile_job, "interval", seconds=s.reconcile_seconds, id="reconcile")
+        self._schedule_refresh(sched)
+
+    def _schedule_refresh(self, sched: BackgroundScheduler) -> None:
+        """(Re)plan the refresh walk at ``[schedule] refresh_per_hour`` (0: none)."""
+        if sched.get_job("refresh") is not None:
+            sched.remove_job("refresh")
+        rate = self.config.schedule.refresh_per_hour
+        if rate > 0:
+            _, every_s = pace(rate)
+            sched.add_job(self.refresh_job, "interval", seconds=every_s, id="refresh")
 
     def _await_jobs(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -290,6 +375,7 @@ class Service:
         summary = CycleSummary()
         with _signals(self.stop_event, self._reload), _Progress(progress) as bar:
             summary.poll = self.poll_job(progress=bar.poll)
+            self._drain_notifications()
             start_counts = self.store.counts()
             todo = start_counts["new"] + start_counts["dispatched"]
             bar.start_work(todo)
@@ -343,6 +429,15 @@ class Service:
             self.mast = make_mast_client(new)
         if new.output_url != old.output_url:
             self.outputs = OutputStore(new.output_url)
+        if new.archive != old.archive or new.mast != old.mast or new.output_url != old.output_url:
+            if (new.archive.bucket, new.archive.anonymous) != \
+                    (old.archive.bucket, old.archive.anonymous) and self.archive is not None:
+                self.archive.close()  # a refresh batch in progress still finishes
+                self.archive = ArchiveBucket(new.archive.bucket,
+                                             anonymous=new.archive.anonymous)
+            if self.listener is not None:
+                self.listener.mast.close()
+            self.listener = self._make_listener(new)
         if (new.executor != old.executor or new.archive != old.archive
                 or new.output_url != old.output_url) and self.executor is not None:
             retired = self.executor
@@ -358,6 +453,7 @@ class Service:
                                            seconds=s.dispatch_seconds)
             self._scheduler.reschedule_job("reconcile", trigger="interval",
                                            seconds=s.reconcile_seconds)
+            self._schedule_refresh(self._scheduler)
         log.info("configuration reloaded", source=str(self.config_path))
         self.notifier.ready()
         return True

@@ -92,11 +92,14 @@ _TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno
 
 
 class StorageError(Exception):
-    """The storage failed. ``retryable`` is true only for transient trouble."""
+    """The storage failed. ``retryable`` is true only for transient trouble; ``status`` is
+    the HTTP status S3 answered with, when it answered (403: access denied, for example)."""
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    def __init__(self, message: str, *, retryable: bool = False,
+                 status: int | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.status = status
 
 
 class ObjectNotFound(StorageError):
@@ -256,7 +259,8 @@ def _s3_error(exc: Exception, where: str) -> StorageError:
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         retryable = code in _TRANSIENT_CODES or status >= 500 or status == 429
         msg = err.get("Message") or code
-        return StorageError(f"{where}: {code or status}: {msg}", retryable=retryable)
+        return StorageError(f"{where}: {code or status}: {msg}", retryable=retryable,
+                            status=status or None)
     transient = (
         botocore.exceptions.ConnectionError,
         botocore.exceptions.HTTPClientError,

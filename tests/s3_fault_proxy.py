@@ -22,6 +22,8 @@ from daemon.standin.loopback import LoopbackHTTPServer
 
 SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
             b"<Message>Please reduce your request rate.</Message></Error>")
+ACCESS_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+                 b"<Message>Access Denied</Message></Error>")
 
 
 class S3FaultProxy:
@@ -29,16 +31,23 @@ class S3FaultProxy:
 
     ``rate`` is the chance that a request meets a fault; ``kinds`` the faults drawn from
     ("slowdown", "drop", "cut"); ``methods`` limits faults to those HTTP methods.
+
+    Rights instead of faults: ``forbid_missing`` answers a HEAD or GET of a missing key
+    403 instead of 404, and ``forbid_list`` refuses every listing with 403 AccessDenied:
+    together, what a reader without ``s3:ListBucket`` meets (S3 API reference, HeadObject).
     """
 
     def __init__(self, upstream: str, *, rate: float = 0.0, seed: int = 1,
                  kinds: tuple[str, ...] = ("slowdown", "drop", "cut"),
-                 methods: tuple[str, ...] = ("GET", "PUT", "HEAD", "DELETE")) -> None:
+                 methods: tuple[str, ...] = ("GET", "PUT", "HEAD", "DELETE"),
+                 forbid_missing: bool = False, forbid_list: bool = False) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.rate = rate
         self.kinds = kinds
         self.methods = methods
+        self.forbid_missing = forbid_missing
+        self.forbid_list = forbid_list
         self.counts: Counter[str] = Counter()
         self._seed = seed
         self._seen: Counter[str] = Counter()
@@ -98,9 +107,20 @@ def _handler(proxy: S3FaultProxy) -> type[BaseHTTPRequestHandler]:
                     self.rfile.readline()
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
+        def _deny(self) -> None:
+            self.send_response(403, "Forbidden")
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(ACCESS_DENIED)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(ACCESS_DENIED)
+
         def _serve(self) -> None:
             body = self._body()
             fault = proxy.fault_for(self.command, self.path, self.headers.get("Range", ""))
+            if proxy.forbid_list and self.command == "GET" and "list-type=" in self.path:
+                self._deny()
+                return
             if fault == "drop":
                 # Nothing back at all: the client sees the connection closed.
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -124,6 +144,9 @@ def _handler(proxy: S3FaultProxy) -> type[BaseHTTPRequestHandler]:
                 data = resp.read()
             finally:
                 upstream.close()
+            if proxy.forbid_missing and resp.status == 404 and self.command in ("GET", "HEAD"):
+                self._deny()
+                return
             self.send_response(resp.status, resp.reason)
             for k, v in resp.getheaders():
                 if k.lower() not in ("transfer-encoding", "connection", "content-length",
