@@ -351,7 +351,9 @@ class Service:
         rate = self.config.schedule.refresh_per_hour
         if rate > 0:
             _, every_s = pace(rate)
-            sched.add_job(self.refresh_job, "interval", seconds=every_s, id="refresh")
+            # At once, then at the pace: the walk goes on from where the last daemon left it.
+            sched.add_job(self.refresh_job, "interval", seconds=every_s, id="refresh",
+                          next_run_time=_now_dt())
 
     def _await_jobs(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s

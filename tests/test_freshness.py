@@ -11,8 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ import pytest
 from astropy.io import fits
 from click.testing import CliRunner
 from harness import Pipeline, flt_bytes, open_pipeline
+from notify_socket import NotifySocket
 from s3_fault_proxy import S3FaultProxy
 
 from daemon.cli import main
@@ -117,6 +122,9 @@ def test_refresh_recatalogues_exactly_the_reprocessed_inputs(pipeline20: Pipelin
     assert (fresh["refresh"]["checked"], fresh["refresh"]["changed"],
             fresh["refresh"]["heads"]) == (20, 3, 20)
     assert fresh["refresh"]["cost_usd"] == pytest.approx(20 * 0.0004 / 1000)
+    table = " ".join(_cli(p, "status").output.split())  # as one line, however it wraps
+    assert "20 inputs checked, 3 changed, 0 withdrawn; 20 HEAD requests ($8e-06)" in table
+    assert "3 catalog(s) made again from a changed input" in table
 
     # Nothing changed since: a second refresh finds nothing, the next cycle does nothing.
     again = _cli(p, "refresh", "--all")
@@ -140,6 +148,8 @@ def test_a_withdrawn_input_is_reported_not_failed(pipeline: Pipeline) -> None:
     assert doc["datasets"]["withdrawn"] == 1 and doc["datasets"]["failed"] == 0
     assert doc["datasets"]["done"] == 6
     assert [w["obs_id"] for w in doc["freshness"]["withdrawn_recent"]] == [gone.dataset]
+    table = " ".join(_cli(p, "status").output.split())
+    assert f"gone from the archive (catalogs kept): {gone.dataset}" in table
     assert catalog.read_bytes() == before
     assert p.run_once().dispatched == 0  # nothing to redo: the catalog stands
 
@@ -173,3 +183,87 @@ def test_without_list_rights_a_403_is_not_taken_for_a_withdrawal(
     assert f"not checked: {gone.dataset}: HEAD and LIST both refused (403)" in refused.output
     with _store(p) as store:
         assert store.get(gone.dataset)["state"] == "done"
+
+
+def test_kill_9_during_a_recatalogue_loses_nothing_and_counts_one_generation(
+        pipeline: Pipeline, tmp_path: Path) -> None:
+    """The daemon's own refresh walk finds two reprocessed inputs; the daemon is killed
+    with SIGKILL while their new catalogs are being made, again and again; a reader keeps
+    opening the catalogs all along. Every read finds a whole catalog (the old one until the
+    new one lands), and each dataset ends at generation 2 with two catalogs in its history."""
+    p = pipeline
+    assert p.run_once().done == 6
+    exposures = p.archive.exposures()
+    before = _outputs(p)
+    old_etag = {e.dataset: hashlib.md5(flt_bytes(e.dataset), usedforsecurity=False).hexdigest()
+                for e in exposures}
+    changed = [exposures[1], exposures[4]]
+    new_etag = p.reprocess(changed)
+    p.write_config(schedule={"poll_minutes": 600.0, "refresh_per_hour": 36000,
+                             "dispatch_seconds": 0.2, "reconcile_seconds": 0.2})
+    db = load_config(p.config_path).state_path
+    paths = {e.dataset: p.output_dir / e.key.replace(".fits", "_sep.fits") for e in changed}
+    reads: list[str] = []
+    problems: list[str] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            for dataset, path in paths.items():
+                try:
+                    etag = fits.getheader(path, 1)["INETAG"]
+                except Exception as exc:  # missing or half-written: what must never happen
+                    problems.append(f"{dataset}: {type(exc).__name__}: {exc}")
+                    continue
+                if etag not in (old_etag[dataset], new_etag[dataset]):
+                    problems.append(f"{dataset}: INETAG {etag}")
+                reads.append(etag)
+
+    def states() -> set[str]:
+        with StateStore(db, readonly=True) as s:
+            return {s.get(e.dataset)["state"] for e in changed}
+
+    rnd = random.Random(11)
+    kills_in_flight = 0
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        with NotifySocket.at_path() as notify, (tmp_path / "daemons.log").open("ab") as out:
+            for _ in range(3):
+                proc = subprocess.Popen([MASTMIRROR, "--config", str(p.config_path), "run"],
+                                        stdout=out, stderr=subprocess.STDOUT,
+                                        env={**os.environ, **notify.env()})
+                notify.wait_for("READY", timeout=60)
+                deadline = time.monotonic() + 30
+                while "dispatched" not in states() and states() != {"done"} \
+                        and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                time.sleep(rnd.uniform(0.0, 1.0))
+                kills_in_flight += "dispatched" in states()
+                proc.send_signal(signal.SIGKILL)
+                assert proc.wait(timeout=30) == -signal.SIGKILL
+                notify.drain()
+                if states() == {"done"}:
+                    break
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert kills_in_flight >= 1
+    final = _run(p, "run", "--once")
+    assert final.returncode == 0, final.stderr[-3000:]
+
+    assert problems == [] and len(reads) > 0
+    after = _outputs(p)
+    with _store(p) as store:
+        for e in changed:
+            row = store.get(e.dataset)
+            assert (row["state"], row["generation"]) == ("done", 2)
+            assert [h["input_etag"] for h in store.history(e.dataset)] == \
+                [old_etag[e.dataset], new_etag[e.dataset]]
+            assert fits.getheader(paths[e.dataset], 1)["INETAG"] == new_etag[e.dataset]
+        for e in exposures:
+            if e not in changed:
+                assert store.get(e.dataset)["generation"] == 1
+                assert after[e.dataset] == before[e.dataset]
+        assert store.integrity_check() == "ok"
+        assert float(store.meta("recatalogued") or 0) == 2
