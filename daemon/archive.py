@@ -7,12 +7,12 @@ rights of whatever AWS account the daemon runs under).
 
 What a missing key answers depends on the reader's rights (Amazon S3 API reference,
 HeadObject, "Permissions"): with ``s3:ListBucket`` on the bucket S3 answers 404, without it
-403, the same as for an object one may not read. The public archive grants listing to
-everyone (``aws s3 ls --no-sign-request s3://stpubdata/hst/public/`` works), so a 404 means
-gone. A 403 alone cannot tell a missing key from a forbidden one: the input is then looked
-for with a LIST of its own key as prefix (listing rights are all that question needs); if
-the listing answers and the key is not in it, the input is gone; if the listing is refused
-too, nothing is concluded and the input counts as not checked.
+403, the same as for an object one may not read. The public archive lets anyone list it
+(astroquery's ``mast/cloud.py`` lists it unsigned and reads a HEAD's 404 as "not on S3"), so
+a 404 means gone. A 403 alone cannot tell a missing key from a forbidden one: the input
+is then looked for with a LIST of its own key as prefix (listing rights are all that
+question needs); if the listing answers and the key is not in it, the input is gone; if
+the listing is refused too, nothing is concluded and the input counts as not checked.
 
 Requests are counted as S3 bills them (botocore's own retries included): a HEAD is a
 GET-class request, a LIST a PUT-class one.
