@@ -133,7 +133,8 @@ def main() -> None:
               f"{heads:,} HEAD, {lists:,} LIST = ${cost_usd(heads, lists):.4f}; "
               f"found {len(changed)} changed and {len(withdrawn)} withdrawn, as planted")
         print(f"the command's own CPU: {cpu:.1f} s ({cpu / max(heads, 1) * 1000:.2f} ms per "
-              f"HEAD: one process can HEAD at most ~{heads / cpu:,.0f}/s whatever S3's latency)")
+              f"HEAD: one process can HEAD at most ~{heads / cpu:,.0f}/s whatever S3's latency); "
+              f"its peak RSS {cpu1.ru_maxrss / 1024:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import boto3
 import botocore
@@ -37,8 +37,7 @@ from lambda_sep import storage
 WORKERS = 32
 
 
-@dataclass(frozen=True)
-class Probe:
+class Probe(NamedTuple):
     """What the archive holds at one key.
 
     ``state``: "present" (``etag`` and ``size`` say which object), "gone", or "unknown"
@@ -101,9 +100,7 @@ class ArchiveBucket:
     def probe(self, key: str) -> Probe:
         """HEAD one key (and LIST it when the HEAD is refused, see the module)."""
         self._sent.heads = self._sent.lists = 0
-        probe = self._look(key)
-        return Probe(probe.key, probe.state, probe.etag, probe.size, probe.reason,
-                     heads=self._sent.heads, lists=self._sent.lists)
+        return self._look(key)._replace(heads=self._sent.heads, lists=self._sent.lists)
 
     def _look(self, key: str) -> Probe:
         try:

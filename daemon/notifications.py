@@ -28,7 +28,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote_plus, urlsplit
 
 import boto3
@@ -68,9 +68,9 @@ class ObjectEvent:
     size: int | None = None
 
 
-@dataclass(frozen=True)
-class Message:
-    """One SQS message."""
+class Message(NamedTuple):
+    """One SQS message: its id, the receipt handle that deletes it, its body, and how many
+    times SQS has handed it out (ApproximateReceiveCount)."""
 
     id: str
     receipt: str

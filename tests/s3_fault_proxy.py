@@ -107,19 +107,20 @@ def _handler(proxy: S3FaultProxy) -> type[BaseHTTPRequestHandler]:
                     self.rfile.readline()
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-        def _deny(self) -> None:
-            self.send_response(403, "Forbidden")
+        def _error(self, status: int, reason: str, body: bytes) -> None:
+            """S3's answer to a refused request: an XML error document (no body to a HEAD)."""
+            self.send_response(status, reason)
             self.send_header("Content-Type", "application/xml")
-            self.send_header("Content-Length", str(len(ACCESS_DENIED)))
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(ACCESS_DENIED)
+                self.wfile.write(body)
 
         def _serve(self) -> None:
             body = self._body()
             fault = proxy.fault_for(self.command, self.path, self.headers.get("Range", ""))
             if proxy.forbid_list and self.command == "GET" and "list-type=" in self.path:
-                self._deny()
+                self._error(403, "Forbidden", ACCESS_DENIED)
                 return
             if fault == "drop":
                 # Nothing back at all: the client sees the connection closed.
@@ -127,12 +128,7 @@ def _handler(proxy: S3FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return
             if fault == "slowdown":
-                self.send_response(503, "Slow Down")
-                self.send_header("Content-Type", "application/xml")
-                self.send_header("Content-Length", str(len(SLOWDOWN)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(SLOWDOWN)
+                self._error(503, "Slow Down", SLOWDOWN)
                 return
             headers = {k: v for k, v in self.headers.items()
                        if k.lower() not in ("transfer-encoding", "connection", "content-length")}
@@ -145,7 +141,7 @@ def _handler(proxy: S3FaultProxy) -> type[BaseHTTPRequestHandler]:
             finally:
                 upstream.close()
             if proxy.forbid_missing and resp.status == 404 and self.command in ("GET", "HEAD"):
-                self._deny()
+                self._error(403, "Forbidden", ACCESS_DENIED)
                 return
             self.send_response(resp.status, resp.reason)
             for k, v in resp.getheaders():
