@@ -77,16 +77,28 @@ class ArchiveBucket:
     def __init__(self, bucket: str, *, anonymous: bool = True, workers: int = WORKERS) -> None:
         self.bucket = bucket
         self.workers = workers
+        self._anonymous = anonymous
         # Each probe runs on one thread; the requests botocore sends for it (its retries
         # too) are counted on that thread.
         self._sent = threading.local()
-        client = None
-        if not bucket.startswith("file://"):
-            client = _client(anonymous, workers)
-            client.meta.events.register("before-send.s3.HeadObject", self._count("heads"))
-            client.meta.events.register("before-send.s3.ListObjectsV2", self._count("lists"))
-        self._store = storage.open_store(bucket, client=client)
+        self._store: storage.ObjectStore | None = None  # made on first use: start-up stays fast
+        self._store_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="archive-head")
+
+    @property
+    def store(self) -> storage.ObjectStore:
+        """The archive as an object store (an S3 client of its own, or a directory)."""
+        with self._store_lock:
+            if self._store is None:
+                client = None
+                if not self.bucket.startswith("file://"):
+                    client = _client(self._anonymous, self.workers)
+                    client.meta.events.register("before-send.s3.HeadObject",
+                                                self._count("heads"))
+                    client.meta.events.register("before-send.s3.ListObjectsV2",
+                                                self._count("lists"))
+                self._store = storage.open_store(self.bucket, client=client)
+            return self._store
 
     def _count(self, kind: str) -> Any:
         def hook(**_: Any) -> None:
@@ -104,7 +116,7 @@ class ArchiveBucket:
 
     def _look(self, key: str) -> Probe:
         try:
-            info = self._store.head(key)
+            info = self.store.head(key)
         except storage.StorageError as exc:
             if exc.status != 403:
                 return Probe(key, "unknown", reason=str(exc))
@@ -117,7 +129,7 @@ class ArchiveBucket:
 
     def _listed(self, key: str) -> Probe:
         try:
-            found = any(k == key for k in self._store.list(key))
+            found = any(k == key for k in self.store.list(key))
         except storage.StorageError as exc:
             return Probe(key, "unknown", reason="HEAD and LIST both refused (403): whether "
                                                 f"the input exists cannot be told ({exc})")
