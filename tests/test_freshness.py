@@ -132,7 +132,8 @@ def test_refresh_recatalogues_exactly_the_reprocessed_inputs(pipeline20: Pipelin
     assert p.run_once().dispatched == 0
 
 
-def test_a_withdrawn_input_is_reported_not_failed(pipeline: Pipeline) -> None:
+def test_a_withdrawn_input_is_reported_not_failed(pipeline: Pipeline,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     p = pipeline
     assert p.run_once().done == 6
     gone, kept = p.archive.exposures()[1], p.archive.exposures()[4]
@@ -162,14 +163,8 @@ def test_a_withdrawn_input_is_reported_not_failed(pipeline: Pipeline) -> None:
     assert unknown.exit_code == 1 and "not catalogued (or unknown): iabc99999" in unknown.output
     assert _cli(p, "refresh").exit_code == 2
 
-
-def test_without_list_rights_a_403_is_not_taken_for_a_withdrawal(
-        pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without s3:ListBucket S3 answers 403 for a missing key: the input is looked for with
-    a LIST; only when that is refused too is it left unchecked (and not called withdrawn)."""
-    p = pipeline
-    assert p.run_once().done == 6
-    gone = p.archive.exposures()[0]
+    # Without s3:ListBucket S3 answers 403 for a missing key: the input is looked for with a
+    # LIST; only when that is refused too is it left unchecked (and not called withdrawn).
     p.s3().delete_object(Bucket=p.bucket, Key=gone.key)
     with S3FaultProxy(p.endpoint, forbid_missing=True) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
