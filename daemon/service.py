@@ -10,6 +10,7 @@ SIGHUP reloads config.toml, or logs why it cannot and keeps the old configuratio
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import signal
 import threading
@@ -351,9 +352,11 @@ class Service:
         rate = self.config.schedule.refresh_per_hour
         if rate > 0:
             _, every_s = pace(rate)
-            # At once, then at the pace: the walk goes on from where the last daemon left it.
+            # Soon after start (the first poll and dispatch go first), then at the pace: the
+            # walk goes on from where the last daemon left it.
+            first = _now_dt() + dt.timedelta(seconds=min(every_s, 5.0))
             sched.add_job(self.refresh_job, "interval", seconds=every_s, id="refresh",
-                          next_run_time=_now_dt())
+                          next_run_time=first)
 
     def _await_jobs(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -461,9 +464,7 @@ class Service:
         return True
 
 
-def _now_dt() -> Any:
-    import datetime as dt
-
+def _now_dt() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
