@@ -109,7 +109,10 @@ def main() -> None:
             env = {**os.environ, "AWS_ENDPOINT_URL": proxy.url}
             started = time.perf_counter()
             cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            proc = subprocess.run([str(Path(sys.executable).with_name("mastmirror")),
+            # GNU time reports the command's own peak RSS (the getrusage of a child forked
+            # from this process would count this process's pages, moto's bucket included).
+            proc = subprocess.run(["/usr/bin/time", "-f", "peak_rss_kb=%M",
+                                   str(Path(sys.executable).with_name("mastmirror")),
                                    "--config", str(root / "config.toml"), "refresh", "--all"],
                                   capture_output=True, text=True, env=env, check=False)
             wall = time.perf_counter() - started
@@ -118,6 +121,7 @@ def main() -> None:
         if proc.returncode != 0:
             raise SystemExit(proc.stdout + proc.stderr[-3000:])
         summary = proc.stdout.splitlines()
+        rss_kb = int(re.findall(r"peak_rss_kb=(\d+)", proc.stderr)[-1])
         print("\n".join(line[:160] for line in summary[:2]))
         with StateStore(root / "state.db", readonly=True) as store:
             queued = {r[0] for r in store.db.execute(
@@ -134,7 +138,7 @@ def main() -> None:
               f"found {len(changed)} changed and {len(withdrawn)} withdrawn, as planted")
         print(f"the command's own CPU: {cpu:.1f} s ({cpu / max(heads, 1) * 1000:.2f} ms per "
               f"HEAD: one process can HEAD at most ~{heads / cpu:,.0f}/s whatever S3's latency); "
-              f"its peak RSS {cpu1.ru_maxrss / 1024:.0f} MB")
+              f"its peak RSS {rss_kb / 1024:.0f} MB")
 
 
 if __name__ == "__main__":

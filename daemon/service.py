@@ -179,7 +179,7 @@ class Service:
                   duration_s=summary.get("duration_s"))
         self._wake.set()
 
-    # -- the jobs ----------------------------------------------------------------
+    # -- the jobs ----------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _job(self, name: str) -> Iterator[None]:
