@@ -31,8 +31,8 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from s3_fault_proxy import S3FaultProxy  # noqa: E402
 
-from daemon.demo import moto_s3  # noqa: E402
 from daemon.prices import cost_usd  # noqa: E402
+from standin.demo import moto_s3  # noqa: E402
 from state.store import StateStore  # noqa: E402
 
 ACCOUNT = "123456789012"  # moto's default account

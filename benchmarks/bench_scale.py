@@ -44,7 +44,7 @@ from state.store import Discovered, StateStore  # noqa: E402
 
 
 def _standin(n: int) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.standin.mast", "--exposures",
+    proc = subprocess.Popen([sys.executable, "-m", "standin.mast", "--exposures",
                              str(n), "--seed", "1"], stdout=subprocess.PIPE, text=True,
                             cwd=ROOT)
     assert proc.stdout is not None
@@ -140,8 +140,9 @@ def _populate(db: Path, n_done: int, n_flight: int) -> list[tuple[str, str]]:
 
 def bench_reconcile(n_done: int, work: Path, n_flight: int = 1000) -> dict[str, Any]:
     """One reconcile pass: n_flight in flight among n_done done (catalogs on disk)."""
-    from daemon.standin.flt import make_flt
+    from lambda_sep.contract import function_env
     from lambda_sep.handler import handler
+    from standin.flt import make_flt
 
     db = work / f"rec-{n_done}.db"
     flight = _populate(db, n_done, n_flight)
@@ -151,8 +152,7 @@ def bench_reconcile(n_done: int, work: Path, n_flight: int = 1000) -> dict[str, 
     key = "hst/public/icxe/icxe15wwq/icxe15wwq_flt.fits"
     (src / Path(key).parent).mkdir(parents=True, exist_ok=True)
     (src / key).write_bytes(make_flt("icxe15wwq", seed=1)[0])
-    os.environ["MASTMIRROR_ALLOWED_BUCKETS"] = f"file://{src}"
-    os.environ["MASTMIRROR_ALLOWED_OUTPUTS"] = f"file://{src}/out"
+    os.environ.update(function_env(f"file://{src}", f"file://{src}/out"))
     handler({"obs_id": "icxe15wwq", "input": {"bucket": f"file://{src}", "key": key},
              "output": f"file://{src}/out", "sep": {}, "attempt": 1})
     catalog = (src / "out" / key.replace(".fits", "_sep.fits")).read_bytes()
@@ -189,8 +189,8 @@ def bench_status_and_rss(n_rows: int, work: Path) -> dict[str, Any]:
     cfg = work / f"status-{n_rows}.toml"
     cfg.write_text(f'[state]\npath = "{db}"\n[output]\nurl = "{work}/none"\n'
                    '[mast]\nurl = "http://127.0.0.1:9"\n')
-    from daemon.cli import status_document
     from daemon.config import load_config
+    from daemon.status import status_document
 
     config = load_config(cfg)
     status_document(config)  # warm the page cache, as a second `status` would find it

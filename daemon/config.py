@@ -19,11 +19,14 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from lambda_sep.contract import BUCKET_NAME, BUCKET_RE, function_env
+
 SEARCH_ENV = "MASTMIRROR_CONFIG"
 SYSTEM_PATH = Path("/etc/mastmirror/config.toml")
 
-# S3 bucket naming rules (the subset that matters: length, charset, no leading/trailing dot/dash).
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# The retention periods CloudWatch Logs accepts (PutRetentionPolicy), in days.
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096,
+                      1827, 2192, 2557, 2922, 3288, 3653)
 _LAMBDA_NAME_RE = re.compile(
     r"^[A-Za-z0-9_-]{1,64}$"
     r"|^arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:function:[A-Za-z0-9_-]{1,64}(:[A-Za-z0-9$_-]+)?$")
@@ -89,7 +92,7 @@ class ArchiveSection(_Section):
             if not Path(urlsplit(value).path).is_absolute():
                 raise ValueError("a file:// archive must be an absolute path, file:///abs/dir")
             return value.rstrip("/")
-        if not _BUCKET_RE.match(value):
+        if not BUCKET_RE.match(value):
             raise ValueError("must be an S3 bucket name (3-63 of a-z 0-9 . -) or file:///abs/dir")
         return value
 
@@ -98,6 +101,12 @@ class OutputSection(_Section):
     """``[output]``: where catalogs and error markers go."""
 
     url: Annotated[str, Field(min_length=1)] = "catalogs"
+
+
+class IndexSection(_Section):
+    """``[index]``: the HATS detection index (docs/INDEX.md)."""
+
+    url: str = "index"
 
 
 class ExecutorSection(_Section):
@@ -142,7 +151,7 @@ class LambdaSection(_Section):
     log_retention_days: int = 30
     # Added for `lambda deploy` and the daemon's invocations (daemon.lambda_invoke).
     reserved_concurrency: Annotated[int, Field(ge=0, le=100000)] = 0
-    code_s3: Annotated[str, Field(pattern=r"^$|^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")] = ""
+    code_s3: Annotated[str, Field(pattern=rf"^$|^s3://{BUCKET_NAME}(/.*)?$")] = ""
     invoke_threads: Annotated[int, Field(ge=1, le=1024)] = 32
     invoke_processes: Annotated[int, Field(ge=1, le=64)] = 2
     invoke_retry_mode: Literal["standard", "adaptive"] = "standard"
@@ -152,8 +161,6 @@ class LambdaSection(_Section):
     @field_validator("log_retention_days")
     @classmethod
     def _retention(cls, value: int) -> int:
-        from lambda_sep.params import LOG_RETENTION_DAYS  # CloudWatch's own list
-
         if value not in LOG_RETENTION_DAYS:
             raise ValueError("must be a retention CloudWatch Logs offers: "
                              + ", ".join(str(d) for d in sorted(LOG_RETENTION_DAYS)))
@@ -188,6 +195,7 @@ class Config(_Section):
     mast: MastSection = MastSection()
     archive: ArchiveSection = ArchiveSection()
     output: OutputSection = OutputSection()
+    index: IndexSection = IndexSection()
     executor: ExecutorSection = ExecutorSection()
     lambda_: LambdaSection = Field(default=LambdaSection(), alias="lambda")
     state: StateSection = StateSection()
@@ -208,12 +216,16 @@ class Config(_Section):
         """The output store as a URL (``file:///abs/dir`` or ``s3://bucket/prefix``)."""
         return self.output.url
 
+    @property
+    def index_url(self) -> str | None:
+        """The detection index as a URL, or None when ``[index] url = ""`` turns it off."""
+        return self.index.url or None
+
 
 def handler_env(config: Config) -> dict[str, str]:
     """The environment the extraction function needs: its allow-lists (the local pool's
     workers get it, and ``lambda deploy`` sets it on the function)."""
-    return {"MASTMIRROR_ALLOWED_BUCKETS": config.archive.bucket,
-            "MASTMIRROR_ALLOWED_OUTPUTS": config.output_url}
+    return function_env(config.archive.bucket, config.output_url)
 
 
 def find_config(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str] = os.environ,
@@ -274,15 +286,18 @@ def config_from_dict(raw: Mapping[str, Any], *, source: str | os.PathLike[str] =
     sep_params = _validate_sep(raw.get("sep", {}), source)
     return config.model_copy(update={
         "state": config.state.model_copy(update={"path": str(_resolve(config.state.path, base))}),
-        "output": config.output.model_copy(update={"url": _output_url(config.output.url, base,
-                                                                        source)}),
+        "output": config.output.model_copy(update={"url": _store_url(config.output.url, base,
+                                                                       source, "output")}),
+        "index": config.index.model_copy(update={"url": config.index.url and _store_url(
+            config.index.url, base, source, "index")}),
         "lambda_": config.lambda_.model_copy(
             update={"bundle": str(_resolve(config.lambda_.bundle, base))}),
         "sep": sep_params,
     })
 
 
-_SECTIONS = ("mast", "archive", "output", "executor", "lambda", "state", "schedule", "log", "sep")
+_SECTIONS = ("mast", "archive", "output", "index", "executor", "lambda", "state", "schedule",
+             "log", "sep")
 
 
 def _resolve(value: str, base: Path) -> Path:
@@ -290,24 +305,24 @@ def _resolve(value: str, base: Path) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
-def _output_url(value: str, base: Path, source: str | os.PathLike[str]) -> str:
+def _store_url(value: str, base: Path, source: str | os.PathLike[str], section: str) -> str:
     parts = urlsplit(value)
+    where = f"{source}: [{section}] url = {value!r}"
     if parts.scheme == "s3":
-        if not _BUCKET_RE.match(parts.netloc):
-            raise ConfigError(f"{source}: [output] url = {value!r}: the bucket "
-                              f"{parts.netloc!r} is not a valid S3 bucket name")
+        if not BUCKET_RE.match(parts.netloc):
+            raise ConfigError(f"{where}: the bucket {parts.netloc!r} is not a valid S3 "
+                              "bucket name")
         prefix = parts.path.strip("/")
         if ".." in prefix.split("/"):
-            raise ConfigError(f"{source}: [output] url = {value!r}: '..' is not allowed")
+            raise ConfigError(f"{where}: '..' is not allowed")
         return f"s3://{parts.netloc}/{prefix}".rstrip("/")
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost") or not Path(parts.path).is_absolute():
-            raise ConfigError(f"{source}: [output] url = {value!r}: a file URL must be "
-                              "file:///absolute/dir")
+            raise ConfigError(f"{where}: a file URL must be file:///absolute/dir")
         return "file://" + str(Path(parts.path).resolve())
     if parts.scheme:
-        raise ConfigError(f"{source}: [output] url = {value!r}: expected a directory, "
-                          "file:///abs/dir or s3://bucket/prefix")
+        raise ConfigError(f"{where}: expected a directory, file:///abs/dir or "
+                          "s3://bucket/prefix")
     return "file://" + str(_resolve(value, base))
 
 

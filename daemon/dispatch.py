@@ -16,20 +16,16 @@ import structlog
 
 from daemon.config import Config
 from daemon.executors import Executor
+from lambda_sep.contract import make_event
 from state.store import Claim, DatasetRow, Sent, StateStore
 
 log = structlog.get_logger("mastmirror.dispatch")
 
 
-def make_event(row: DatasetRow, config: Config) -> dict[str, Any]:
+def event_for(row: DatasetRow, config: Config) -> dict[str, Any]:
     """The event for one dataset: the same dict for the local pool and for Lambda."""
-    return {
-        "obs_id": row.obs_id,
-        "input": {"bucket": config.archive.bucket, "key": row.input_key},
-        "output": config.output_url,
-        "sep": dict(config.sep),
-        "attempt": row.dispatches,
-    }
+    return make_event(obs_id=row.obs_id, bucket=config.archive.bucket, key=row.input_key,
+                      output=config.output_url, sep=config.sep, attempt=row.dispatches)
 
 
 @dataclass
@@ -55,7 +51,7 @@ def dispatch(store: StateStore, executor: Executor, config: Config, *, run_id: s
         rows = store.claim_new(min(room, batch), executor=executor.kind, run_id=run_id)
         if not rows:
             break
-        events = [make_event(r, config) for r in rows]
+        events = [event_for(r, config) for r in rows]
         try:
             results = executor.submit(events)
         except BaseException as exc:

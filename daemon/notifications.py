@@ -37,10 +37,11 @@ from botocore.config import Config as BotoConfig
 
 from daemon.archive import ArchiveBucket
 from daemon.config import Config
-from daemon.discovery import archive_key, confirm
+from daemon.discovery import confirm
 from daemon.mast import MastClient, MastError
 from daemon.outputs import OutputStore
 from daemon.refresh import check
+from lambda_sep.contract import key_dataset
 from state.store import Catalogued, StateStore
 
 log = structlog.get_logger("mastmirror.notifications")
@@ -237,12 +238,11 @@ class Listener:
         if event.bucket != self.config.archive.bucket or not (
                 event.name.startswith("ObjectCreated:") or event.name.startswith("ObjectRemoved:")):
             return None
-        name = event.key.rsplit("/", 1)[-1]
         try:
-            dataset, _ = archive_key(name)
+            dataset = key_dataset(event.key)  # the archive's layout, as the contract has it
         except ValueError:
             return None
-        return dataset if name.lower().endswith(self._suffix) else None
+        return dataset if event.key.endswith(self._suffix) else None
 
     def _settle(self, events: dict[str, list[tuple[str, ObjectEvent]]],
                 known: dict[str, Catalogued], out: NotifyOutcome,

@@ -7,7 +7,8 @@ input is not an imaging exposure mastmirror catalogues). An error marker counts 
 was written by the dataset's latest dispatch (older markers are stale); one that says the
 input is missing from the archive holds the dataset (a wait, not an attempt) until
 ``wait_hours`` have passed. A dataset with no result after ``executor.timeout_seconds`` is
-dispatched again until ``executor.max_attempts``, then failed as timed out.
+dispatched again until ``executor.max_attempts``, then failed as timed out. Datasets
+marked done are queued for the detection index, if there is one (daemon.indexing).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import structlog
 
 from daemon.config import ArchiveSection, ExecutorSection
 from daemon.executors import Executor
+from daemon.indexing import Done, Indexer
 from daemon.outputs import OutputStore, Pending
 from state.store import Failure, Finished, Skip, StateStore, Transition
 
@@ -29,7 +31,6 @@ log = structlog.get_logger("mastmirror.reconcile")
 class ReconcileOutcome:
     """What one reconcile run settled."""
 
-    checked: int = 0
     done: int = 0
     failed: int = 0
     skipped: int = 0
@@ -39,8 +40,8 @@ class ReconcileOutcome:
 
 def reconcile(store: StateStore, outputs: OutputStore, policy: ExecutorSection, *,
               archive: ArchiveSection | None = None, executor: Executor | None = None,
-              now: float | None = None) -> ReconcileOutcome:
-    """One pass over the datasets in flight.
+              now: float | None = None, index: Indexer | None = None) -> ReconcileOutcome:
+    """One pass over the datasets in flight (those done are queued for the index).
 
     ``archive``: how long an input may be missing from the archive bucket (``wait_hours``
     after its release, or its discovery if later) and how soon it is looked for again
@@ -50,7 +51,6 @@ def reconcile(store: StateStore, outputs: OutputStore, policy: ExecutorSection, 
     now = time.time() if now is None else now
     out = ReconcileOutcome()
     rows = store.in_flight()
-    out.checked = len(rows)
     results = outputs.find_many([Pending(r.obs_id, r.input_key, r.min_dispatch)
                                  for r in rows]) if rows else {}
     by_id = {r.obs_id: r for r in rows}
@@ -60,11 +60,14 @@ def reconcile(store: StateStore, outputs: OutputStore, policy: ExecutorSection, 
                          peak_rss_mb=res.peak_rss_mb, attempt=res.attempt,
                          input_etag=res.input_etag, input_size=res.input_size)
                 for res in results.values() if res.kind == "catalog"]
-    for obs_id in store.mark_done(finished, now=now):
+    done = store.mark_done(finished, now=now)
+    for obs_id in done:
         res = results[obs_id]
         log.info("done", obs_id=obs_id, sources=res.sources, duration_ms=res.duration_ms,
                  attempt=by_id[obs_id].dispatches, generation=by_id[obs_id].generation)
         out.done += 1
+    if index is not None:
+        index.queue([Done(o, by_id[o].generation, results[o].key) for o in done])
 
     skips = [Skip(res.obs_id, by_id[res.obs_id].dispatches if res.attempt is None else res.attempt,
                   res.reason or "not catalogued")

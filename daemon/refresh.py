@@ -78,7 +78,7 @@ def check(store: StateStore, archive: ArchiveBucket, rows: Sequence[Catalogued],
             continue
         etag, size = row.input_etag, row.input_size
         learnt = etag is None and outputs is not None
-        if learnt:
+        if etag is None and outputs is not None:
             # Catalogued before the state recorded inputs: the catalog itself says (INETAG).
             found = outputs.find(row.obs_id, row.input_key)
             etag = found.input_etag if found is not None and found.kind == "catalog" else None

@@ -31,6 +31,7 @@ from daemon.config import Config, ConfigError, handler_env, load_config
 from daemon.discovery import PollOutcome, poll
 from daemon.dispatch import dispatch, unsent
 from daemon.executors import Executor, LocalExecutor
+from daemon.indexing import Indexer
 from daemon.lock import InstanceLock
 from daemon.mast import MastClient
 from daemon.mjd import mjd_to_iso
@@ -44,7 +45,7 @@ from state.store import StateStore, unwritable
 log = structlog.get_logger("mastmirror.service")
 
 # Keys a running daemon cannot change under itself; SIGHUP keeps the old value and says so.
-_RESTART_ONLY = (("state", "path"), ("executor", "kind"), ("log", "format"))
+_RESTART_ONLY = (("state", "path"), ("executor", "kind"), ("log", "format"), ("index", "url"))
 
 
 def make_executor(config: Config, on_result: Callable[[dict[str, Any]], None] | None = None
@@ -108,28 +109,33 @@ class Service:
         self.outputs: OutputStore | None = None
         self.archive: ArchiveBucket | None = None
         self.listener: Listener | None = None
+        self.indexer: Indexer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def open(self) -> None:
         """Take the lock, open the state, build the clients; give back orphaned local runs."""
         self.lock.acquire()
-        try:
-            self.store = StateStore(self.config.state_path)
-            self.mast = make_mast_client(self.config)
-            self.outputs = OutputStore(self.config.output_url)
-            self.archive = ArchiveBucket(self.config.archive.bucket,
-                                         anonymous=self.config.archive.anonymous)
-            self.listener = self._make_listener(self.config)
-            self.executor = make_executor(self.config, self._on_result)
-            for t in self.store.reclaim_orphans(executor="local", run_id=self.run_id):
-                log.info("requeued", obs_id=t.obs_id, reason=t.reason)
-        except BaseException:
-            self.lock.release()
-            raise
-        log.info("service open", database=str(self.config.state_path),
-                 executor=self.config.executor.kind, output=self.config.output_url,
-                 mast=self.config.mast.url, run_id=self.run_id, pid=os.getpid())
+        with structlog.contextvars.bound_contextvars(run_id=self.run_id):
+            try:
+                self.store = StateStore(self.config.state_path)
+                self.mast = make_mast_client(self.config)
+                self.outputs = OutputStore(self.config.output_url)
+                self.archive = ArchiveBucket(self.config.archive.bucket,
+                                             anonymous=self.config.archive.anonymous)
+                self.listener = self._make_listener(self.config)
+                if self.config.index_url:
+                    self.indexer = Indexer(self.config.index_url, self.outputs, self.store,
+                                           idle_s=self.config.schedule.reconcile_seconds)
+                self.executor = make_executor(self.config, self._on_result)
+                for t in self.store.reclaim_orphans(executor="local", run_id=self.run_id):
+                    log.info("requeued", obs_id=t.obs_id, reason=t.reason)
+            except BaseException:
+                self.lock.release()
+                raise
+            log.info("service open", database=str(self.config.state_path),
+                     executor=self.config.executor.kind, output=self.config.output_url,
+                     mast=self.config.mast.url, pid=os.getpid())
 
     def close(self, *, timeout_s: float = 20.0) -> None:
         """Stop the executor within ``timeout_s``, put back what never started, release all."""
@@ -145,6 +151,8 @@ class Service:
                         raise
                     # They stay dispatched; the next daemon requeues them as orphans.
                     log.warning("could not requeue unstarted runs", reason=str(exc))
+        if self.indexer is not None:
+            self.indexer.close(timeout_s=5.0)
         if self.mast is not None:
             self.mast.close()
         if self.listener is not None:
@@ -183,26 +191,31 @@ class Service:
 
     @contextlib.contextmanager
     def _job(self, name: str) -> Iterator[None]:
+        """A job's body: every line it logs carries ``run_id`` and ``job``."""
         with self._jobs_lock:
             self._jobs_running += 1
         try:
-            yield
-        except Exception as exc:
-            reason = unwritable(exc)
-            if reason is None:
-                # A job never takes the daemon down: log it with its traceback, run again.
-                log.exception("job failed", job=name)
-            else:
-                # A full disk or a read-only database does not heal by itself: stop, say
-                # why, and leave the database as the last committed transaction left it.
-                self.fatal = f"the state database {self.config.state_path} cannot be " \
-                             f"written: {reason}"
-                log.error("stopping: state database cannot be written", job=name,
-                          database=str(self.config.state_path), reason=reason)
-                self.stop_event.set()
+            with structlog.contextvars.bound_contextvars(run_id=self.run_id, job=name):
+                try:
+                    yield
+                except Exception as exc:
+                    self._job_failed(exc)
         finally:
             with self._jobs_lock:
                 self._jobs_running -= 1
+
+    def _job_failed(self, exc: Exception) -> None:
+        reason = unwritable(exc)
+        if reason is None:
+            # A job never takes the daemon down: log it with its traceback, run again.
+            log.exception("job failed")
+            return
+        # A full disk or a read-only database does not heal by itself: stop, say why, and
+        # leave the database as the last committed transaction left it.
+        self.fatal = f"the state database {self.config.state_path} cannot be written: {reason}"
+        log.error("stopping: state database cannot be written",
+                  database=str(self.config.state_path), reason=reason)
+        self.stop_event.set()
 
     def poll_job(self, progress: Callable[[int, int, PollOutcome], None] | None = None
                  ) -> PollOutcome | None:
@@ -231,7 +244,7 @@ class Service:
         with self._job("reconcile"):
             outcome = reconcile(self.store, self.outputs, self.config.executor,
                                 archive=self.config.archive,
-                                executor=self.executor)
+                                executor=self.executor, index=self.indexer)
             if (outcome.done or outcome.failed or outcome.requeued) and self._scheduler:
                 self._scheduler.modify_job("dispatch", next_run_time=_now_dt())
 
@@ -310,6 +323,8 @@ class Service:
             # A daemon thread: a long poll in progress at exit is simply abandoned (its
             # messages come back after their visibility timeout).
             threading.Thread(target=self._listen, daemon=True, name="notifications").start()
+            if self.indexer is not None:
+                self.indexer.start()
             self.notifier.ready()
             self.notifier.status(self.status_line())
             log.info("service running", poll_minutes=self.config.schedule.poll_minutes,
@@ -378,6 +393,8 @@ class Service:
             self.config.schedule.reconcile_seconds
         started = time.monotonic()
         summary = CycleSummary()
+        if self.indexer is not None:
+            self.indexer.start()
         with _signals(self.stop_event, self._reload), _Progress(progress) as bar:
             summary.poll = self.poll_job(progress=bar.poll)
             self._drain_notifications()
@@ -394,6 +411,8 @@ class Service:
                     break
                 self._wake.wait(wait_s)
                 self._wake.clear()
+            if self.indexer is not None and not self.stop_event.is_set():
+                self.indexer.drain()  # what the thread has not reached yet
         final = self.store.counts()  # reads work on a full disk
         summary.counts = final
         summary.fatal = self.fatal
@@ -434,6 +453,8 @@ class Service:
             self.mast = make_mast_client(new)
         if new.output_url != old.output_url:
             self.outputs = OutputStore(new.output_url)
+            if self.indexer is not None:
+                self.indexer.outputs = self.outputs
         if new.archive != old.archive or new.mast != old.mast or new.output_url != old.output_url:
             if (new.archive.bucket, new.archive.anonymous) != \
                     (old.archive.bucket, old.archive.anonymous) and self.archive is not None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
+from daemon.lock import InstanceLock
 from daemon.mjd import mjd_to_iso
 from daemon.prices import cost_usd
-from state.store import Snapshot
+from state.store import Snapshot, StateStore
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from daemon.config import Config
 
 
 def _iso(unix: float | None) -> str | None:
@@ -99,6 +102,13 @@ def to_dict(snap: Snapshot, *, daemon_pid: int | None = None) -> dict[str, Any]:
         "database": {"path": snap.path, "schema_version": snap.schema_version},
         "at": _iso(snap.taken_at),
     }
+
+
+def status_document(config: Config) -> dict[str, Any]:
+    """The status document of ``config``'s database; FileNotFoundError if there is none."""
+    with StateStore(config.state_path, readonly=True) as store:
+        snap = store.snapshot()
+    return to_dict(snap, daemon_pid=InstanceLock(config.state_path).holder())
 
 
 def _age(seconds: float | None) -> str:

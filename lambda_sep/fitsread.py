@@ -21,14 +21,16 @@ person can act on; storage trouble propagates as ``storage.StorageError``.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
 
 from lambda_sep.storage import ObjectNotFound, ObjectStore
 
-__all__ = ["BLOCK", "FIRST_READ", "Image", "ImageError", "read_image"]
+__all__ = ["BLOCK", "FIRST_READ", "Image", "ImageError", "ReadStopped", "read_image"]
 
 BLOCK = 2880
 CARD = 80
@@ -41,12 +43,22 @@ MAX_HEADER_BLOCKS = 2000  # 5.8 MB of header cards means something is wrong
 _HEADER_CHUNK = 4 * BLOCK  # fallback read size when a header outgrows the guess
 _WANTED = ("SCI", "ERR", "DQ", "WHT")
 
-_DTYPES = {8: np.dtype("u1"), 16: np.dtype(">i2"), 32: np.dtype(">i4"), 64: np.dtype(">i8"),
-           -32: np.dtype(">f4"), -64: np.dtype(">f8")}
+_DTYPES: dict[int, np.dtype[Any]] = {
+    8: np.dtype("u1"), 16: np.dtype(">i2"), 32: np.dtype(">i4"), 64: np.dtype(">i8"),
+    -32: np.dtype(">f4"), -64: np.dtype(">f8")}
 
 
 class ImageError(ValueError):
     """The input file is unusable (not FITS, truncated, no SCI, wrong shape, no data)."""
+
+
+class ReadStopped(Exception):
+    """``read_image``'s ``inspect`` gave a reason not to read the pixels."""
+
+    def __init__(self, reason: str, bytes_read: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.bytes_read = bytes_read
 
 
 @dataclass
@@ -275,13 +287,16 @@ def _decode(reader: _Reader, hdu: _Hdu, *, as_float: bool) -> np.ndarray:
     return out
 
 
-def read_image(store: ObjectStore, key: str, size: int, *, first_read: int = FIRST_READ
+def read_image(store: ObjectStore, key: str, size: int, *, first_read: int = FIRST_READ,
+               inspect: Callable[[fits.Header, fits.Header], str | None] | None = None
                ) -> Image:
     """Read headers and SCI/ERR/DQ (or SCI/WHT) data of ``key`` without reading the rest.
 
-    ``size`` is the object size from ``store.head``. Raises :class:`ImageError` for files
-    that are not FITS, truncated, corrupt, lack a SCI extension, or whose SCI is not a 2-D
-    image matching its ERR/DQ/WHT.
+    ``size`` is the object size from ``store.head``. ``inspect(primary, sci_header)`` is
+    called as soon as the SCI header is parsed, before any pixel data is read: a reason it
+    returns stops the reading with :class:`ReadStopped`. Raises :class:`ImageError` for
+    files that are not FITS, truncated, corrupt, lack a SCI extension, or whose SCI is not a
+    2-D image matching its ERR/DQ/WHT.
     """
     if size < BLOCK:
         raise ImageError(f"not a FITS file: {size} bytes is less than one 2880-byte block")
@@ -297,12 +312,15 @@ def read_image(store: ObjectStore, key: str, size: int, *, first_read: int = FIR
     while pos < size:
         hdu = _parse_hdu(reader, pos, index)
         hdus.append(hdu)
-        sci = found.get("SCI")
+        sci_found = found.get("SCI")
         if hdu.name in _WANTED and hdu.name not in found and (
-            hdu.name == "SCI" or sci is None or hdu.ver == sci.ver
+            hdu.name == "SCI" or sci_found is None or hdu.ver == sci_found.ver
         ):
             found[hdu.name] = hdu
             if hdu.name == "SCI":
+                reason = inspect(hdus[0].header, hdu.header) if inspect else None
+                if reason is not None:
+                    raise ReadStopped(reason, reader.bytes_read)
                 # Speculate: the next HDU is ERR (or WHT) of SCI's size, then DQ's header.
                 room = max(BLOCK, hdu.data_start - hdu.header_start)
                 stop = hdu.next_start + room + _padded(hdu.nbytes) + room

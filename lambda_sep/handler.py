@@ -3,7 +3,10 @@
 Validate the event, read the exposure with ranged reads, run SEP, write the catalog
 atomically at ``<output>/K[:-5] + "_sep.fits"`` with its summary as S3 metadata, and delete a
 stale error marker; on any failure write ``<output>/K[:-5] + "_sep.error.json"`` instead and
-no catalog. The same function runs in the daemon's local process pool.
+no catalog. An input that is not an imaging exposure this function catalogues
+(``lambda_sep.modes``) is *skipped*: a marker ``K[:-5] + "_sep.skipped.json"`` with the
+reason, no catalog, no pixels read. The same function runs in the daemon's local process
+pool.
 
 Everything is imported at module level so a warm Lambda container (or a pool worker) pays
 the imports once; the S3 client is cached per process in ``lambda_sep.storage``.
@@ -20,11 +23,12 @@ from typing import Any
 
 import sep
 
-from lambda_sep import __version__
+from lambda_sep import __version__, contract
 from lambda_sep.catalog import build_catalog
 from lambda_sep.event import Event, EventError, parse_event
 from lambda_sep.extract import extract
-from lambda_sep.fitsread import ImageError, read_image
+from lambda_sep.fitsread import ImageError, ReadStopped, read_image
+from lambda_sep.modes import header_refusal, product_refusal
 from lambda_sep.storage import StorageError, open_store
 
 __all__ = ["InputMissing", "handler", "peak_rss_mb"]
@@ -86,7 +90,8 @@ def _reason(exc: BaseException) -> str:
 
 
 def _write_marker(output: str, key: str, body: dict[str, Any]) -> str | None:
-    """Write the error marker; return None on success, else why it could not be written."""
+    """Write a marker (error or skip); return None on success, else why it could not be
+    written."""
     try:
         open_store(output).put_atomic(
             key, json.dumps(body, sort_keys=True, indent=1).encode(),
@@ -133,14 +138,40 @@ def _refuse(exc: EventError, started: float) -> dict[str, Any]:
                     reason=reason, output_key=output_key)
 
 
+def _skip(ev: Event, reason: str, etag: str | None, started: float, bytes_read: int
+          ) -> dict[str, Any]:
+    """The input is not catalogued: the skip marker, no catalog, no stale error marker."""
+    problem = _write_marker(ev.output, ev.skip_key, {
+        "obs_id": ev.obs_id, "key": ev.key, "attempt": ev.attempt, "reason": reason,
+        "at": _now(), "mastmirror_version": __version__, "input_etag": etag,
+    })
+    summary = _summary(ev.obs_id, "skipped", ev.key, attempt=ev.attempt, started=started,
+                       bytes_read=bytes_read, reason=reason,
+                       output_key=None if problem else ev.skip_key)
+    if problem is not None:
+        summary["reason"] += f" (skip marker not written: {problem})"
+        return summary
+    try:
+        open_store(ev.output).delete(ev.error_key)  # an earlier attempt's failure is stale
+    except (StorageError, ValueError) as exc:
+        summary["reason"] += f"; stale error marker not deleted: {exc}"
+    return summary
+
+
 def _process(ev: Event, started: float) -> dict[str, Any]:
+    refusal = product_refusal(ev.key)  # from the key alone: nothing is read
+    if refusal is not None:
+        return _skip(ev, refusal, None, started, 0)
     bytes_read = 0
     try:
         inp = open_store(ev.bucket)
         info = inp.head(ev.key)
         if info is None:
             raise InputMissing(f"input object not found: {inp.url}/{ev.key}")
-        image = read_image(inp, ev.key, info.size)
+        try:
+            image = read_image(inp, ev.key, info.size, inspect=header_refusal)
+        except ReadStopped as stop:  # the headers say: not an imaging exposure
+            return _skip(ev, stop.reason, info.etag, started, stop.bytes_read)
         bytes_read = image.bytes_read
         extraction = extract(image, ev.params)
         duration = time.perf_counter() - started
@@ -152,16 +183,16 @@ def _process(ev: Event, started: float) -> dict[str, Any]:
         )
         out = open_store(ev.output)
         out.put_atomic(ev.catalog_key, data, content_type="application/fits", metadata={
-            "obs-id": ev.obs_id,
-            "attempt": str(ev.attempt),
-            "sources": str(extraction.count),
-            "duration-ms": str(round(duration * 1000)),
-            "peak-rss-mb": f"{rss:.1f}",
-            "bytes-read": str(bytes_read),
-            "input-etag": info.etag,
-            "input-size": str(info.size),
-            "sep-version": sep.__version__,
-            "mastmirror-version": __version__,
+            contract.META_OBS_ID: ev.obs_id,
+            contract.META_ATTEMPT: str(ev.attempt),
+            contract.META_SOURCES: str(extraction.count),
+            contract.META_DURATION_MS: str(round(duration * 1000)),
+            contract.META_PEAK_RSS_MB: f"{rss:.1f}",
+            contract.META_BYTES_READ: str(bytes_read),
+            contract.META_INPUT_ETAG: info.etag,
+            contract.META_INPUT_SIZE: str(info.size),
+            contract.META_SEP_VERSION: sep.__version__,
+            contract.META_MASTMIRROR_VERSION: __version__,
         })
     except Exception as exc:
         reason = _reason(exc)
@@ -191,8 +222,9 @@ def _process(ev: Event, started: float) -> dict[str, Any]:
 def handler(event: Any, context: Any = None) -> dict[str, Any]:
     """Process one event (see lambda_sep.event); return the summary dict.
 
-    Never raises for a bad event or a bad image: the result is in the output store (catalog
-    or error marker) and in the returned summary, whose ``status`` is "done" or "failed".
+    Never raises for a bad event or a bad image: the result is in the output store (catalog,
+    error marker or skip marker) and in the returned summary, whose ``status`` is "done",
+    "failed" or "skipped".
     """
     started = time.perf_counter()
     try:
@@ -203,7 +235,7 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
         summary = _process(ev, started)
     # The daemon's log schema (event, level, timestamp), so local-pool lines read alike.
     record = {"event": "sep " + summary["status"], "timestamp": _now(),
-              "level": "info" if summary["status"] == "done" else "error",
+              "level": "error" if summary["status"] == "failed" else "info",
               "request_id": getattr(context, "aws_request_id", None),
               "mastmirror_version": __version__, **summary}
     _log(record)

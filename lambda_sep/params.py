@@ -1,5 +1,5 @@
 """The function's parameters: the extraction's (the ``sep`` table of an event and ``[sep]``
-of config.toml) and the deployment limits that config.toml is checked against.
+of config.toml).
 
 Standard library only, so the daemon can validate its configuration (and ``status`` can
 start) without importing numpy, astropy, sep or boto3.
@@ -10,13 +10,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
-__all__ = ["DEFAULT_DQ_MASK", "LOG_RETENTION_DAYS", "SepParams", "finite_number"]
-
-# The retention periods CloudWatch Logs accepts (PutRetentionPolicy), in days.
-LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096,
-                      1827, 2192, 2557, 2922, 3288, 3653)
+__all__ = ["DEFAULT_DQ_MASK", "SepParams", "finite_number"]
 
 # WFC3 DQ bits whose pixel values are wrong: 1 Reed-Solomon error, 2 fill, 4 bad detector
 # pixel, 8 unstable in zero read, 16 hot, 32 unstable response, 128 bad reference pixel,
@@ -30,7 +26,7 @@ DEFAULT_DQ_MASK = 1 | 2 | 4 | 8 | 16 | 32 | 128 | 4096
 _MAX_APERTURES = 16
 
 
-def finite_number(v: Any) -> bool:
+def finite_number(v: Any) -> TypeGuard[int | float]:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -63,7 +59,7 @@ class SepParams:
     """
 
     thresh: float = _spec(
-        3.0, "detection threshold in units of the per-pixel noise (of the filtered image "
+        3.5, "detection threshold in units of the per-pixel noise (of the filtered image "
         "for filter_type='matched')", _float_in(0.0, 1e4, lo_open=True), "a number > 0")
     minarea: int = _spec(10, "minimum number of pixels above threshold", _int_in(1, 10**6),
                          "an integer >= 1")
@@ -110,9 +106,9 @@ class SepParams:
     windowed: bool = _spec(True, "report windowed (XWIN-like) positions instead of "
                            "isophotal barycentres", lambda v: isinstance(v, bool),
                            "true or false")
-    mask_neighbours: bool = _spec(True, "leave other detections' pixels out of apertures "
-                                  "(SExtractor MASK_TYPE BLANK)", lambda v: isinstance(v, bool),
-                                  "true or false")
+    mask_neighbours: bool = _spec(True, "treat other detections' pixels in an aperture as "
+                                  "masked (filled with the aperture's mean, as bad pixels are)",
+                                  lambda v: isinstance(v, bool), "true or false")
     pixstack: int = _spec(3_000_000, "SEP pixel stack (pixels above threshold in flight)",
                           _int_in(10_000, 100_000_000), "an integer in [10000, 100000000]")
     sub_object_limit: int = _spec(4096, "SEP deblending sub-object limit",

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def run(event: Mapping[str, Any], request_id: str, timeout_s: float) -> dict[str, Any]:
+def run(event: Mapping[str, Any], request_id: str) -> dict[str, Any]:
     """Behave as the obs_id asks; return what the handler returns on success."""
     obs_id = event["obs_id"]
     if obs_id.endswith("hang"):

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from daemon.config import config_from_dict
-from daemon.dispatch import dispatch, make_event
+from daemon.dispatch import dispatch, event_for
 from daemon.executors import Submitted
 from state.store import Discovered, StateStore
 
@@ -58,7 +58,7 @@ def test_the_event_is_the_design_contract(store: StateStore) -> None:
                                "output": {"url": "s3://cats/mirror"},
                                "sep": {"thresh": 2.5}})
     (row,) = store.claim_new(1, executor="lambda", run_id="r")
-    event = make_event(row, config)
+    event = event_for(row, config)
     assert event == {"obs_id": "iabc00000",
                      "input": {"bucket": "stpubdata",
                                "key": "hst/public/iabc/iabc00000/iabc00000_flt.fits"},

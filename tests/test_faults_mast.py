@@ -16,9 +16,10 @@ from harness import Pipeline
 
 from daemon.cli import main
 from daemon.config import load_config
-from daemon.discovery import archive_key, poll
+from daemon.discovery import poll
 from daemon.service import Service, make_mast_client
-from daemon.standin.archive import BAD_KINDS
+from lambda_sep.contract import product_key
+from standin.archive import BAD_KINDS
 from state.store import StateStore
 
 FAULTS = ["http_500", "http_503", "hang", "truncated", "malformed", "html", "disconnect",
@@ -111,7 +112,7 @@ def test_run_once_exits_non_zero_when_mast_is_down(pipeline: Pipeline) -> None:
 @pytest.mark.parametrize("kind", sorted(BAD_KINDS))
 def test_names_with_path_tricks_are_refused(kind: str) -> None:
     with pytest.raises(ValueError):
-        archive_key(BAD_KINDS[kind] + "_flt.fits")
+        product_key(BAD_KINDS[kind] + "_flt.fits")
 
 
 def test_planted_bad_products_are_refused_and_nothing_escapes(pipeline: Pipeline,
@@ -128,10 +129,12 @@ def test_planted_bad_products_are_refused_and_nothing_escapes(pipeline: Pipeline
     with StateStore(load_config(p.config_path).state_path, create=False) as s:
         reasons = dict(s.db.execute("SELECT name, reason FROM rejects").fetchall())
     assert all(reasons.values())
-    # Every file written is under the output directory and is a catalog of a good dataset.
+    # Every file written is under the output directory and is a catalog of a good dataset
+    # (or the detection index of those catalogs).
     written = [f for f in tmp_path.rglob("*") if f.is_file()]
     outside = [f for f in written if not (f.is_relative_to(p.output_dir)
                                           or f.is_relative_to(p.root / "state")
+                                          or f.is_relative_to(p.root / "index")
                                           or f == p.config_path)]
     assert outside == []
     assert all(f.name.endswith("_sep.fits") for f in p.output_dir.rglob("*") if f.is_file())
