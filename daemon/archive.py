@@ -26,10 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import boto3
-import botocore
-from botocore.config import Config
-
 from daemon.prices import cost_usd
 from lambda_sep import storage
 
@@ -92,7 +88,8 @@ class ArchiveBucket:
             if self._store is None:
                 client = None
                 if not self.bucket.startswith("file://"):
-                    client = _client(self._anonymous, self.workers)
+                    client = storage.new_s3_client(anonymous=self._anonymous,
+                                                   max_pool_connections=self.workers)
                     client.meta.events.register("before-send.s3.HeadObject",
                                                 self._count("heads"))
                     client.meta.events.register("before-send.s3.ListObjectsV2",
@@ -146,12 +143,4 @@ class ArchiveBucket:
         if len(unique) == 1:
             return {unique[0]: self.probe(unique[0])}
         return {p.key: p for p in self._pool.map(self.probe, unique)}
-
-
-def _client(anonymous: bool, workers: int) -> Any:
-    """An S3 client of its own: a connection per worker, unsigned when ``anonymous``."""
-    extra = Config(max_pool_connections=workers)
-    if anonymous:
-        extra = extra.merge(Config(signature_version=botocore.UNSIGNED))
-    return boto3.session.Session().client("s3", config=storage.S3_CONFIG.merge(extra))
 

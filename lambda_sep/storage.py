@@ -42,6 +42,7 @@ __all__ = [
     "ObjectStore",
     "S3Store",
     "StorageError",
+    "new_s3_client",
     "open_store",
     "s3_client",
     "validate_key",
@@ -243,13 +244,22 @@ def s3_client() -> Any:
                 # credentials at all, requests go unsigned: the public archive bucket
                 # (stpubdata) reads anonymously, and anything private fails clearly.
                 session = boto3.session.Session()
-                config = S3_CONFIG
-                if session.get_credentials() is None:
-                    config = S3_CONFIG.merge(botocore.config.Config(
-                        signature_version=botocore.UNSIGNED))
-                client = session.client("s3", config=config)
+                client = new_s3_client(anonymous=session.get_credentials() is None,
+                                       session=session)
                 _clients[cache_key] = client
     return client
+
+
+def new_s3_client(*, anonymous: bool, max_pool_connections: int | None = None,
+                  session: Any = None) -> Any:
+    """An S3 client of the caller's own (``S3_CONFIG``'s retries and timeouts), unsigned
+    when ``anonymous``; ``max_pool_connections`` for a caller with that many threads."""
+    config = S3_CONFIG
+    if anonymous:
+        config = config.merge(botocore.config.Config(signature_version=botocore.UNSIGNED))
+    if max_pool_connections is not None:
+        config = config.merge(botocore.config.Config(max_pool_connections=max_pool_connections))
+    return (session or boto3.session.Session()).client("s3", config=config)
 
 
 def _s3_error(exc: Exception, where: str) -> StorageError:
