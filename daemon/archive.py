@@ -78,6 +78,7 @@ class ArchiveBucket:
         # too) are counted on that thread.
         self._sent = threading.local()
         self._store: storage.ObjectStore | None = None  # made on first use: start-up stays fast
+        self._client: Any = None
         self._store_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="archive-head")
 
@@ -86,15 +87,14 @@ class ArchiveBucket:
         """The archive as an object store (an S3 client of its own, or a directory)."""
         with self._store_lock:
             if self._store is None:
-                client = None
                 if not self.bucket.startswith("file://"):
-                    client = storage.new_s3_client(anonymous=self._anonymous,
-                                                   max_pool_connections=self.workers)
-                    client.meta.events.register("before-send.s3.HeadObject",
-                                                self._count("heads"))
-                    client.meta.events.register("before-send.s3.ListObjectsV2",
-                                                self._count("lists"))
-                self._store = storage.open_store(self.bucket, client=client)
+                    self._client = storage.new_s3_client(anonymous=self._anonymous,
+                                                         max_pool_connections=self.workers)
+                    self._client.meta.events.register("before-send.s3.HeadObject",
+                                                      self._count("heads"))
+                    self._client.meta.events.register("before-send.s3.ListObjectsV2",
+                                                      self._count("lists"))
+                self._store = storage.open_store(self.bucket, client=self._client)
             return self._store
 
     def _count(self, kind: str) -> Any:
@@ -103,8 +103,12 @@ class ArchiveBucket:
         return hook
 
     def close(self) -> None:
-        """Stop the request threads."""
-        self._pool.shutdown(wait=False)  # probes already asked for still finish
+        """Let the probes asked for finish, then hang up the client's connections (a
+        server keeps a thread for each one left open)."""
+        self._pool.shutdown(wait=True)
+        with self._store_lock:
+            if self._client is not None:
+                self._client.close()
 
     def probe(self, key: str) -> Probe:
         """HEAD one key (and LIST it when the HEAD is refused, see the module)."""

@@ -458,7 +458,9 @@ class Service:
         if new.archive != old.archive or new.mast != old.mast or new.output_url != old.output_url:
             if (new.archive.bucket, new.archive.anonymous) != \
                     (old.archive.bucket, old.archive.anonymous) and self.archive is not None:
-                self.archive.close()  # a refresh batch in progress still finishes
+                # Closed on a thread of its own: a refresh batch in progress finishes first.
+                threading.Thread(target=self.archive.close, daemon=True,
+                                 name="retire-archive").start()
                 self.archive = ArchiveBucket(new.archive.bucket,
                                              anonymous=new.archive.anonymous)
             if self.listener is not None:
