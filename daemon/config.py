@@ -95,6 +95,8 @@ class ExecutorSection(_Section):
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
     timeout_seconds: Annotated[float, Field(gt=0, le=86400)] = 900.0
     retry_backoff_seconds: Annotated[float, Field(ge=0, le=86400)] = 30.0
+    # Exposures per event (lambda_sep.batch.MAX_BATCH is the function's own limit).
+    batch: Annotated[int, Field(ge=1, le=100)] = 1
     function: str = "mastmirror-sep"
 
     @field_validator("function")
@@ -111,7 +113,9 @@ class ExecutorSection(_Section):
         if self.max_in_flight:
             return self.max_in_flight
         # A local pool gets a short queue so a worker never waits; Lambda gets its concurrency.
-        return self.concurrency * 2 if self.kind == "local" else self.concurrency
+        # Either way in events, each carrying ``batch`` datasets.
+        events = self.concurrency * 2 if self.kind == "local" else self.concurrency
+        return events * self.batch
 
 
 class LambdaSection(_Section):
@@ -143,6 +147,20 @@ class LambdaSection(_Section):
         if value not in LOG_RETENTION_DAYS:
             raise ValueError("must be a retention CloudWatch Logs offers: "
                              + ", ".join(str(d) for d in sorted(LOG_RETENTION_DAYS)))
+        return value
+
+
+class MetricsSection(_Section):
+    """``[metrics]``: the Prometheus endpoint."""
+
+    # "host:port" to serve /metrics on (e.g. "127.0.0.1:9464"); "" = no endpoint.
+    listen: Annotated[str, Field(pattern=r"^$|^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$")] = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _port(cls, value: str) -> str:
+        if value and not 0 < int(value.rpartition(":")[2]) < 65536:
+            raise ValueError("the port must be 1-65535")
         return value
 
 
@@ -178,6 +196,7 @@ class Config(_Section):
     state: StateSection = StateSection()
     schedule: ScheduleSection = ScheduleSection()
     log: LogSection = LogSection()
+    metrics: MetricsSection = MetricsSection()
     sep: dict[str, Any] = Field(default_factory=dict)
     source: str = "<defaults>"
 
@@ -267,7 +286,8 @@ def config_from_dict(raw: Mapping[str, Any], *, source: str | os.PathLike[str] =
     })
 
 
-_SECTIONS = ("mast", "archive", "output", "executor", "lambda", "state", "schedule", "log", "sep")
+_SECTIONS = ("mast", "archive", "output", "executor", "lambda", "state", "schedule", "log",
+             "metrics", "sep")
 
 
 def _resolve(value: str, base: Path) -> Path:

@@ -1,9 +1,11 @@
-"""Dispatch: new -> dispatched, one event per dataset, within the in-flight bound.
+"""Dispatch: new -> dispatched, one event per dataset (or per ``[executor] batch`` datasets),
+within the in-flight bound.
 
-Datasets are marked dispatched (one transaction per batch) *before* the events leave, so a
+Datasets are marked dispatched (one transaction per claim) *before* the events leave, so a
 crash in between costs a timeout and a second invocation, never a lost dataset. An event
 that never reached the function (throttled past every retry, no network) is put back
-without counting an attempt.
+without counting an attempt, every dataset it carried alike. Datasets of one batch are
+neighbours in obs_id order, so their results sit side by side in the output store.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import structlog
 
 from daemon.config import Config
 from daemon.executors import Executor
+from lambda_sep.batch import exposures, make_batch
 from state.store import Claim, DatasetRow, Sent, StateStore
 
 log = structlog.get_logger("mastmirror.dispatch")
@@ -56,6 +59,9 @@ def dispatch(store: StateStore, executor: Executor, config: Config, *, run_id: s
         if not rows:
             break
         events = [make_event(r, config) for r in rows]
+        size = config.executor.batch
+        if size > 1:
+            events = [make_batch(events[i:i + size]) for i in range(0, len(events), size)]
         try:
             results = executor.submit(events)
         except BaseException as exc:
@@ -87,7 +93,8 @@ def dispatch(store: StateStore, executor: Executor, config: Config, *, run_id: s
 
 def unsent(store: StateStore, events: list[Mapping[str, Any]], reason: str) -> int:
     """Put back events an executor accepted but never started (at shutdown)."""
-    back = store.unclaim([Claim(e["obs_id"], int(e["attempt"])) for e in events], reason=reason)
+    back = store.unclaim([Claim(e["obs_id"], int(e["attempt"]))
+                          for event in events for e in exposures(dict(event))], reason=reason)
     for t in back:
         log.info("requeued", obs_id=t.obs_id, reason=reason)
     return len(back)

@@ -23,6 +23,8 @@ from typing import Any, Protocol
 import structlog
 from pebble import ProcessExpired, ProcessFuture, ProcessPool
 
+from lambda_sep.batch import exposures
+
 log = structlog.get_logger("mastmirror.executor")
 
 
@@ -45,13 +47,20 @@ class Lost:
     reason: str
 
 
+def each_exposure(event: Mapping[str, Any], request_id: str | None,
+                  error: str | None = None) -> list[Submitted]:
+    """One Submitted per exposure of ``event`` (several for a batch, lambda_sep.batch)."""
+    return [Submitted(str(e["obs_id"]), int(e["attempt"]), request_id, error)
+            for e in exposures(dict(event))]
+
+
 class Executor(Protocol):
     """What dispatch and the service need from an executor."""
 
     kind: str
 
     def submit(self, events: Sequence[Mapping[str, Any]]) -> list[Submitted]:
-        """Hand the events over; one Submitted per event, in order."""
+        """Hand the events over; one Submitted per exposure, in order."""
         ...
 
     def drain_lost(self) -> list[Lost]:
@@ -175,10 +184,10 @@ class LocalExecutor:
             if broken is not None:
                 broken.stop()
                 broken.join()
-                out.append(Submitted(event["obs_id"], event["attempt"], None, error))
+                out.extend(each_exposure(event, None, error))
                 continue
             fut.add_done_callback(self._done)
-            out.append(Submitted(event["obs_id"], event["attempt"], request_id))
+            out.extend(each_exposure(event, request_id))
         return out
 
     def _done(self, fut: ProcessFuture) -> None:
@@ -194,10 +203,14 @@ class LocalExecutor:
         if self._closing:
             return  # abandoned at shutdown: left dispatched for the next daemon to requeue
         reason = self._lost_reason(exc)
-        log.error("invocation lost", obs_id=event["obs_id"], attempt=event["attempt"],
-                  reason=reason)
+        # A batch's exposures that finished before the worker died have their results in
+        # the output store: the reconciler finds those first, and ignores these for them.
+        lost = [Lost(s.obs_id, s.dispatch, reason) for s in each_exposure(event, None)]
+        for item in lost:
+            log.error("invocation lost", obs_id=item.obs_id, attempt=item.dispatch,
+                      reason=reason)
         with self._lock:
-            self._lost.append(Lost(event["obs_id"], event["attempt"], reason))
+            self._lost.extend(lost)
 
     def _lost_reason(self, exc: BaseException) -> str:
         # The handler catches its own errors, so an exception here is about the worker.

@@ -42,7 +42,7 @@ import botocore.config
 import botocore.exceptions
 import structlog
 
-from daemon.executors import Lost, Submitted, pool_worker_setup
+from daemon.executors import Lost, Submitted, each_exposure, pool_worker_setup
 
 if TYPE_CHECKING:
     from daemon.config import Config
@@ -74,7 +74,7 @@ def lambda_client(*, threads: int, retry_mode: RetryMode = "standard", max_attem
 
 
 def _not_sent(events: Sequence[Mapping[str, Any]], reason: str) -> list[Submitted]:
-    return [Submitted(str(e["obs_id"]), int(e["attempt"]), None, reason) for e in events]
+    return [s for e in events for s in each_exposure(e, None, reason)]
 
 
 class _Sender:
@@ -86,8 +86,8 @@ class _Sender:
         self._pool = cf.ThreadPoolExecutor(max_workers=threads,
                                            thread_name_prefix="lambda-invoke")
 
-    def invoke(self, event: Mapping[str, Any]) -> Submitted:
-        obs_id, attempt = str(event["obs_id"]), int(event["attempt"])
+    def invoke(self, event: Mapping[str, Any]) -> list[Submitted]:
+        """One Event invocation; a Submitted for each exposure it carries."""
         try:
             resp = self.client.invoke(FunctionName=self.function_name, InvocationType="Event",
                                       Payload=json.dumps(event, separators=(",", ":")))
@@ -100,26 +100,25 @@ class _Sender:
             err = exc.response.get("Error", {})
             meta = exc.response.get("ResponseMetadata", {})
             tries = int(meta.get("RetryAttempts", 0)) + 1
-            return Submitted(obs_id, attempt, None,
-                             f"Lambda refused the invocation: {err.get('Code', '?')} (HTTP "
-                             f"{meta.get('HTTPStatusCode', '?')}): {err.get('Message', '')} "
-                             f"after {tries} attempt(s)")
+            return each_exposure(event, None,
+                                 f"Lambda refused the invocation: {err.get('Code', '?')} (HTTP "
+                                 f"{meta.get('HTTPStatusCode', '?')}): {err.get('Message', '')} "
+                                 f"after {tries} attempt(s)")
         except botocore.exceptions.BotoCoreError as exc:
             # Connection refused or dropped past every retry, timeouts, no credentials.
-            return Submitted(obs_id, attempt, None,
-                             f"Lambda not reached: {type(exc).__name__}: {exc}")
+            return each_exposure(event, None, f"Lambda not reached: {type(exc).__name__}: {exc}")
         meta = resp.get("ResponseMetadata", {})
         status = int(resp.get("StatusCode") or meta.get("HTTPStatusCode") or 0)
         if not 200 <= status < 300:
-            return Submitted(obs_id, attempt, None, f"Lambda answered HTTP {status}")
-        return Submitted(obs_id, attempt, meta.get("RequestId") or None)
+            return each_exposure(event, None, f"Lambda answered HTTP {status}")
+        return each_exposure(event, meta.get("RequestId") or None)
 
     def send(self, events: Sequence[Mapping[str, Any]]) -> list[Submitted]:
         if len(events) == 1:
-            return [self.invoke(events[0])]  # no hop through the pool for a single event
+            return self.invoke(events[0])  # no hop through the pool for a single event
         try:
-            return list(self._pool.map(self.invoke, events))
-        except RuntimeError as exc:  # closed by a reload while this batch was being sent
+            return [s for answer in self._pool.map(self.invoke, events) for s in answer]
+        except RuntimeError as exc:  # closed by a reload while these were being sent
             return _not_sent(events, f"the Lambda executor is closed: {exc}")
 
     def close(self) -> None:
@@ -197,7 +196,7 @@ class LambdaExecutor:
         return self._sender.client
 
     def submit(self, events: Sequence[Mapping[str, Any]]) -> list[Submitted]:
-        """Invoke every event (concurrently); one Submitted per event, in order.
+        """Invoke every event (concurrently); one Submitted per exposure, in order.
 
         Returns once every event is accepted or has failed past its retries.
         """

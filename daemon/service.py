@@ -151,9 +151,9 @@ class Service:
 
     def _on_result(self, summary: dict[str, Any]) -> None:
         # A local run finished: reconcile soon rather than at the next interval.
-        log.debug("local run finished", obs_id=summary.get("obs_id"),
-                  status=summary.get("status"), sources=summary.get("sources"),
-                  duration_s=summary.get("duration_s"))
+        for one in summary.get("results", [summary]):  # a batch's, one per exposure
+            log.debug("local run finished", obs_id=one.get("obs_id"), status=one.get("status"),
+                      sources=one.get("sources"), duration_s=one.get("duration_s"))
         self._wake.set()
 
     # -- the three jobs ----------------------------------------------------------------

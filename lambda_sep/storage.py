@@ -174,6 +174,17 @@ class ObjectStore(ABC):
         Raises :class:`ObjectNotFound` if the object does not exist.
         """
 
+    def read_head(self, key: str, stop: int) -> tuple[bytes, ObjectInfo] | None:
+        """The first ``stop`` bytes of ``key`` (all of it if shorter) and what ``head``
+        tells of it, or None if it does not exist. S3 answers both with one ranged GET."""
+        info = self.head(key)
+        if info is None:
+            return None
+        try:
+            return self.read_range(key, 0, min(stop, info.size)), info
+        except ObjectNotFound:  # deleted between the two calls
+            return None
+
     @abstractmethod
     def get(self, key: str) -> bytes | None:
         """The whole object, or None if it does not exist."""
@@ -317,8 +328,9 @@ class S3Store(ObjectStore):
         )
 
     @staticmethod
-    def _read_body(get: Callable[[], Any]) -> bytes:
-        """Run a GET and read its body, again if the connection drops mid-body.
+    def _read_body(get: Callable[[], Any]) -> tuple[Any, bytes]:
+        """Run a GET and read its body, again if the connection drops mid-body; return the
+        response and the body.
 
         botocore retries a request until its response headers arrive; a body cut short
         after that (ResponseStreamingError) is ours to retry. GETs are idempotent.
@@ -326,7 +338,7 @@ class S3Store(ObjectStore):
         for attempt in range(BODY_READ_ATTEMPTS):
             resp = get()
             try:
-                return bytes(resp["Body"].read())
+                return resp, bytes(resp["Body"].read())
             except botocore.exceptions.ResponseStreamingError:
                 if attempt == BODY_READ_ATTEMPTS - 1:
                     raise
@@ -340,7 +352,7 @@ class S3Store(ObjectStore):
             return b""
         try:
             return self._read_body(lambda: self.client.get_object(
-                Bucket=self.bucket, Key=k, Range=f"bytes={start}-{stop - 1}"))
+                Bucket=self.bucket, Key=k, Range=f"bytes={start}-{stop - 1}"))[1]
         except botocore.exceptions.ClientError as exc:
             code = _client_error_code(exc)
             if code in _NOT_FOUND_CODES:
@@ -351,11 +363,36 @@ class S3Store(ObjectStore):
         except botocore.exceptions.BotoCoreError as exc:
             raise _s3_error(exc, self._where(k)) from exc
 
+    def read_head(self, key: str, stop: int) -> tuple[bytes, ObjectInfo] | None:
+        """One ranged GET of ``[0, stop)``: its Content-Range tells the object's size, its
+        ETag and metadata are the object's, so no HEAD is needed before reading."""
+        k = self._key(key)
+        _check_range(0, stop)
+        if stop == 0:
+            return (b"", info) if (info := self.head(key)) is not None else None
+        try:
+            resp, body = self._read_body(lambda: self.client.get_object(
+                Bucket=self.bucket, Key=k, Range=f"bytes=0-{stop - 1}"))
+        except botocore.exceptions.ClientError as exc:
+            code = _client_error_code(exc)
+            if code in _NOT_FOUND_CODES:
+                return None
+            if code == "InvalidRange":  # an empty object has no byte 0
+                return (b"", info) if (info := self.head(key)) is not None else None
+            raise _s3_error(exc, self._where(k)) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise _s3_error(exc, self._where(k)) from exc
+        # "bytes 0-65535/16496640"; a server that ignores Range sends the whole object.
+        total = str(resp.get("ContentRange") or "").rpartition("/")[2]
+        size = int(total) if total.isdigit() else int(resp.get("ContentLength") or len(body))
+        return body, ObjectInfo(size=size, etag=str(resp.get("ETag", "")).strip('"'),
+                                metadata=dict(resp.get("Metadata") or {}))
+
     def get(self, key: str) -> bytes | None:
         """GET the whole object."""
         k = self._key(key)
         try:
-            return self._read_body(lambda: self.client.get_object(Bucket=self.bucket, Key=k))
+            return self._read_body(lambda: self.client.get_object(Bucket=self.bucket, Key=k))[1]
         except botocore.exceptions.ClientError as exc:
             if _client_error_code(exc) in _NOT_FOUND_CODES:
                 return None
