@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 # Config validation must not depend on whatever pydantic plugins happen to be installed,
 # and looking them up (entry-point scanning) is a tenth of `status`'s start-up.
@@ -19,9 +19,12 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 import click
 
 from daemon import __version__
-from daemon.config import Config, ConfigError, find_config, load_config
+from daemon.configfile import ConfigError, find_config, state_path
 from daemon.lambda_cli import lambda_group
 from daemon.lock import AlreadyRunning, InstanceLock
+
+if TYPE_CHECKING:
+    from daemon.config import Config
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 1, 2, 3
 
@@ -41,12 +44,21 @@ class _Ctx:
     def config(self) -> Config:
         """The validated configuration (loaded on first use; exits 2 if unusable)."""
         if self._config is None:
+            from daemon.config import load_config  # pydantic: not for `status`
+
             try:
                 self.path = find_config(self.config_arg)
                 self._config = load_config(self.path)
             except ConfigError as exc:
                 _fail(str(exc), EXIT_CONFIG)
         return self._config
+
+    def state_path(self) -> Path:
+        """Only ``[state] path``, without validating the rest (exits 2 if unusable)."""
+        try:
+            return state_path(find_config(self.config_arg))
+        except ConfigError as exc:
+            _fail(str(exc), EXIT_CONFIG)
 
     def logging(self) -> Config:
         """The configuration, with logging set up from its ``[log]`` section."""
@@ -122,30 +134,29 @@ def _print_cycle(summary: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def status(obj: _Ctx, as_json: bool) -> None:
-    """What the mirror holds and what the daemon is doing."""
-    doc = status_document(obj.config)
+    """What the mirror holds and what the daemon is doing (reads only [state] path of the
+    config; the daemon validates the rest when it starts)."""
+    doc = status_document(obj.state_path())
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return
-    from rich.console import Console
-
     from daemon.status import render
 
-    render(doc, Console())
+    click.echo(render(doc))
 
 
-def status_document(config: Config) -> dict[str, Any]:
-    """The status document for a configuration (the database must exist)."""
+def status_document(database: Path) -> dict[str, Any]:
+    """The status document of a state database (it must exist)."""
     from daemon.status import to_dict
     from state.store import StateStore
 
     try:
-        store = StateStore(config.state_path, readonly=True)
+        store = StateStore(database, readonly=True)
     except FileNotFoundError as exc:
         _fail(str(exc), EXIT_FAILED)
     with store:
         snap = store.snapshot()
-    return to_dict(snap, daemon_pid=InstanceLock(config.state_path).holder())
+    return to_dict(snap, daemon_pid=InstanceLock(database).holder())
 
 
 @main.command()

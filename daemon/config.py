@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,18 +18,26 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-SEARCH_ENV = "MASTMIRROR_CONFIG"
-SYSTEM_PATH = Path("/etc/mastmirror/config.toml")
+# Finding and reading the file: the standard-library part, which `status` uses alone.
+from daemon.configfile import (
+    DEFAULT_STATE_PATH,
+    SEARCH_ENV,
+    SYSTEM_PATH,
+    ConfigError,
+    find_config,
+    read_toml,
+    resolve,
+)
+
+__all__ = ["SEARCH_ENV", "SYSTEM_PATH", "Config", "ConfigError", "config_from_dict",
+           "find_config", "handler_env", "load_config"]
+
 
 # S3 bucket naming rules (the subset that matters: length, charset, no leading/trailing dot/dash).
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _LAMBDA_NAME_RE = re.compile(
     r"^[A-Za-z0-9_-]{1,64}$"
     r"|^arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:function:[A-Za-z0-9_-]{1,64}(:[A-Za-z0-9$_-]+)?$")
-
-
-class ConfigError(Exception):
-    """A configuration file that cannot be used; the message says where and why."""
 
 
 class _Section(BaseModel):
@@ -153,21 +160,22 @@ class LambdaSection(_Section):
 class MetricsSection(_Section):
     """``[metrics]``: the Prometheus endpoint."""
 
-    # "host:port" to serve /metrics on (e.g. "127.0.0.1:9464"); "" = no endpoint.
+    # "host:port" to serve /metrics on (e.g. "127.0.0.1:9464"; port 0 picks a free one and
+    # the log says which); "" = no endpoint.
     listen: Annotated[str, Field(pattern=r"^$|^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$")] = ""
 
     @field_validator("listen")
     @classmethod
     def _port(cls, value: str) -> str:
-        if value and not 0 < int(value.rpartition(":")[2]) < 65536:
-            raise ValueError("the port must be 1-65535")
+        if value and int(value.rpartition(":")[2]) > 65535:
+            raise ValueError("the port must be 0-65535")
         return value
 
 
 class StateSection(_Section):
     """``[state]``: the SQLite database."""
 
-    path: Annotated[str, Field(min_length=1)] = "mastmirror.db"
+    path: Annotated[str, Field(min_length=1)] = DEFAULT_STATE_PATH
 
 
 class ScheduleSection(_Section):
@@ -193,7 +201,7 @@ class Config(_Section):
     output: OutputSection = OutputSection()
     executor: ExecutorSection = ExecutorSection()
     lambda_: LambdaSection = Field(default=LambdaSection(), alias="lambda")
-    state: StateSection = StateSection()
+    state: StateSection = StateSection()  # read alone by daemon.configfile.state_path
     schedule: ScheduleSection = ScheduleSection()
     log: LogSection = LogSection()
     metrics: MetricsSection = MetricsSection()
@@ -220,41 +228,9 @@ def handler_env(config: Config) -> dict[str, str]:
             "MASTMIRROR_ALLOWED_OUTPUTS": config.output_url}
 
 
-def find_config(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str] = os.environ,
-                cwd: Path | None = None) -> Path:
-    """Pick the config file: ``--config``, then ./config.toml, $MASTMIRROR_CONFIG, /etc/mastmirror.
-
-    An explicit path that does not exist is an error (it names that path); otherwise the
-    first file that exists wins, and none existing is an error listing where it looked.
-    """
-    if explicit is not None:
-        path = Path(explicit)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found (given with --config)")
-        return path
-    candidates = [(cwd or Path.cwd()) / "config.toml"]
-    if environ.get(SEARCH_ENV):
-        candidates.append(Path(environ[SEARCH_ENV]))
-    candidates.append(SYSTEM_PATH)
-    for path in candidates:
-        if path.is_file():
-            return path
-    looked = ", ".join(str(p) for p in candidates)
-    raise ConfigError(f"no config file found (looked for {looked}); pass --config PATH")
-
-
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read, validate and resolve one config file; raise ConfigError naming file and key."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return config_from_dict(raw, source=path)
+    return config_from_dict(read_toml(path), source=Path(path))
 
 
 def config_from_dict(raw: Mapping[str, Any], *, source: str | os.PathLike[str] = "<defaults>",
@@ -277,22 +253,17 @@ def config_from_dict(raw: Mapping[str, Any], *, source: str | os.PathLike[str] =
         raise ConfigError(_describe(exc, source)) from None
     sep_params = _validate_sep(raw.get("sep", {}), source)
     return config.model_copy(update={
-        "state": config.state.model_copy(update={"path": str(_resolve(config.state.path, base))}),
+        "state": config.state.model_copy(update={"path": str(resolve(config.state.path, base))}),
         "output": config.output.model_copy(update={"url": _output_url(config.output.url, base,
                                                                         source)}),
         "lambda_": config.lambda_.model_copy(
-            update={"bundle": str(_resolve(config.lambda_.bundle, base))}),
+            update={"bundle": str(resolve(config.lambda_.bundle, base))}),
         "sep": sep_params,
     })
 
 
 _SECTIONS = ("mast", "archive", "output", "executor", "lambda", "state", "schedule", "log",
              "metrics", "sep")
-
-
-def _resolve(value: str, base: Path) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base / path).resolve()
 
 
 def _output_url(value: str, base: Path, source: str | os.PathLike[str]) -> str:
@@ -313,7 +284,7 @@ def _output_url(value: str, base: Path, source: str | os.PathLike[str]) -> str:
     if parts.scheme:
         raise ConfigError(f"{source}: [output] url = {value!r}: expected a directory, "
                           "file:///abs/dir or s3://bucket/prefix")
-    return "file://" + str(_resolve(value, base))
+    return "file://" + str(resolve(value, base))
 
 
 def _validate_sep(raw: Any, source: str | os.PathLike[str]) -> dict[str, Any]:

@@ -10,8 +10,9 @@ neighbours in obs_id order, so their results sit side by side in the output stor
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -22,6 +23,9 @@ from lambda_sep.batch import exposures, make_batch
 from state.store import Claim, DatasetRow, Sent, StateStore
 
 log = structlog.get_logger("mastmirror.dispatch")
+
+# Meta counter: Lambda invocations sent, ever (the request charge of the spend estimate).
+LAMBDA_REQUESTS = "spend.lambda_requests"
 
 
 def make_event(row: DatasetRow, config: Config) -> dict[str, Any]:
@@ -39,9 +43,11 @@ def make_event(row: DatasetRow, config: Config) -> dict[str, Any]:
 class DispatchOutcome:
     """What one dispatch run did."""
 
-    sent: int = 0
+    sent: int = 0  # datasets
+    invocations: int = 0  # events that reached the function
     returned: int = 0
     in_flight: int = 0
+    refused: Counter[str] = field(default_factory=Counter)  # datasets not sent, by kind
 
 
 def dispatch(store: StateStore, executor: Executor, config: Config, *, run_id: str,
@@ -73,6 +79,10 @@ def dispatch(store: StateStore, executor: Executor, config: Config, *, run_id: s
         ok = [Sent(s.obs_id, s.request_id or "", s.dispatch) for s in results if s.error is None]
         if ok:
             store.set_request_ids(ok)
+            invocations = len({s.request_id for s in ok})  # a batch's exposures share one
+            out.invocations += invocations
+            if executor.kind == "lambda":  # Lambda's request charge, for the spend estimate
+                store.set_meta({}, add={LAMBDA_REQUESTS: invocations})
         for s in results:
             if s.error is None:
                 log.info("dispatched", obs_id=s.obs_id, attempt=s.dispatch,
@@ -84,6 +94,7 @@ def dispatch(store: StateStore, executor: Executor, config: Config, *, run_id: s
             for s in failed:
                 log.warning("not dispatched", obs_id=s.obs_id, attempt=s.dispatch, error=s.error)
             out.returned += len(back)
+            out.refused.update(s.kind or "other" for s in failed)
         out.sent += len(ok)
         if failed:
             break  # the executor is refusing work; try again on the next run

@@ -18,12 +18,14 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
-from pebble import ProcessExpired, ProcessFuture, ProcessPool
 
 from lambda_sep.batch import exposures
+
+if TYPE_CHECKING:
+    from pebble import ProcessFuture, ProcessPool
 
 log = structlog.get_logger("mastmirror.executor")
 
@@ -36,6 +38,7 @@ class Submitted:
     dispatch: int
     request_id: str | None
     error: str | None = None  # set when the event never reached the function
+    kind: str | None = None  # what kind of error, for the metrics (a Lambda error code...)
 
 
 @dataclass(frozen=True)
@@ -47,10 +50,10 @@ class Lost:
     reason: str
 
 
-def each_exposure(event: Mapping[str, Any], request_id: str | None,
-                  error: str | None = None) -> list[Submitted]:
+def each_exposure(event: Mapping[str, Any], request_id: str | None, error: str | None = None,
+                  kind: str | None = None) -> list[Submitted]:
     """One Submitted per exposure of ``event`` (several for a batch, lambda_sep.batch)."""
-    return [Submitted(str(e["obs_id"]), int(e["attempt"]), request_id, error)
+    return [Submitted(str(e["obs_id"]), int(e["attempt"]), request_id, error, kind)
             for e in exposures(dict(event))]
 
 
@@ -157,6 +160,10 @@ class LocalExecutor:
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPool:
+        # Imported here: the Lambda executor's sender processes import this module, and
+        # stay smaller without pebble.
+        from pebble import ProcessPool
+
         # spawn: the daemon runs scheduler threads, and forking a threaded process is unsafe.
         return ProcessPool(max_workers=self.concurrency,
                            context=multiprocessing.get_context("spawn"),
@@ -184,7 +191,7 @@ class LocalExecutor:
             if broken is not None:
                 broken.stop()
                 broken.join()
-                out.extend(each_exposure(event, None, error))
+                out.extend(each_exposure(event, None, error, "pool"))
                 continue
             fut.add_done_callback(self._done)
             out.extend(each_exposure(event, request_id))
@@ -216,6 +223,8 @@ class LocalExecutor:
         # The handler catches its own errors, so an exception here is about the worker.
         if isinstance(exc, TimeoutError):
             return f"timed out: still running after {self._timeout_s:g} s; worker stopped"
+        from pebble import ProcessExpired
+
         if isinstance(exc, ProcessExpired):
             code = exc.exitcode
             how = (f"killed by {signal.Signals(-code).name}" if code < 0 and

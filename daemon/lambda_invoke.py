@@ -73,8 +73,8 @@ def lambda_client(*, threads: int, retry_mode: RetryMode = "standard", max_attem
     return boto3.session.Session().client("lambda", config=config)
 
 
-def _not_sent(events: Sequence[Mapping[str, Any]], reason: str) -> list[Submitted]:
-    return [s for e in events for s in each_exposure(e, None, reason)]
+def _not_sent(events: Sequence[Mapping[str, Any]], reason: str, kind: str) -> list[Submitted]:
+    return [s for e in events for s in each_exposure(e, None, reason, kind)]
 
 
 class _Sender:
@@ -103,14 +103,15 @@ class _Sender:
             return each_exposure(event, None,
                                  f"Lambda refused the invocation: {err.get('Code', '?')} (HTTP "
                                  f"{meta.get('HTTPStatusCode', '?')}): {err.get('Message', '')} "
-                                 f"after {tries} attempt(s)")
+                                 f"after {tries} attempt(s)", str(err.get("Code") or "refused"))
         except botocore.exceptions.BotoCoreError as exc:
             # Connection refused or dropped past every retry, timeouts, no credentials.
-            return each_exposure(event, None, f"Lambda not reached: {type(exc).__name__}: {exc}")
+            return each_exposure(event, None, f"Lambda not reached: {type(exc).__name__}: {exc}",
+                                 "unreachable")
         meta = resp.get("ResponseMetadata", {})
         status = int(resp.get("StatusCode") or meta.get("HTTPStatusCode") or 0)
         if not 200 <= status < 300:
-            return each_exposure(event, None, f"Lambda answered HTTP {status}")
+            return each_exposure(event, None, f"Lambda answered HTTP {status}", f"HTTP {status}")
         return each_exposure(event, meta.get("RequestId") or None)
 
     def send(self, events: Sequence[Mapping[str, Any]]) -> list[Submitted]:
@@ -119,7 +120,7 @@ class _Sender:
         try:
             return [s for answer in self._pool.map(self.invoke, events) for s in answer]
         except RuntimeError as exc:  # closed by a reload while these were being sent
-            return _not_sent(events, f"the Lambda executor is closed: {exc}")
+            return _not_sent(events, f"the Lambda executor is closed: {exc}", "closed")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -201,7 +202,7 @@ class LambdaExecutor:
         Returns once every event is accepted or has failed past its retries.
         """
         if self._closed.is_set():
-            return _not_sent(events, "the Lambda executor is closed")
+            return _not_sent(events, "the Lambda executor is closed", "closed")
         if not events:
             return []
         if self._sender is not None:
@@ -223,12 +224,12 @@ class LambdaExecutor:
         with self._lock:
             pool = self._procs
             if pool is None:
-                return _not_sent(events, "the Lambda executor is closed")
+                return _not_sent(events, "the Lambda executor is closed", "closed")
             try:
                 futures = [pool.submit(_send_in_process, chunk) for chunk in chunks]
             except (BrokenProcessPool, RuntimeError) as exc:
                 self._procs = self._new_processes()
-                return _not_sent(events, f"Lambda sender processes unavailable: {exc}")
+                return _not_sent(events, f"Lambda sender processes unavailable: {exc}", "sender")
         results: list[Submitted] = []
         for chunk, fut in zip(chunks, futures, strict=True):
             try:
@@ -236,7 +237,8 @@ class LambdaExecutor:
             except BrokenProcessPool as exc:
                 # A sender died (killed, out of memory). Some of its events may have gone
                 # out: sending them again later is safe (at least once, same output key).
-                results.extend(_not_sent(chunk, f"a Lambda sender process died: {exc}"))
+                results.extend(_not_sent(chunk, f"a Lambda sender process died: {exc}",
+                                         "sender"))
                 with self._lock:
                     if self._procs is pool and not self._closed.is_set():
                         self._procs = self._new_processes()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,11 +63,18 @@ class _TimeoutAdapter(HTTPAdapter):
         return super().send(request, **kwargs)
 
 
+# Rows per page of a MAST answer. astroquery parses each page whole to check its status,
+# and holds every page of an answer until the last arrives: small pages keep the daemon's
+# memory flat (a 50,000-row product page parsed costs ~90 MB at once), at the price of a few
+# more requests per call (docs/BENCHMARKS.md, "in flight").
+PAGE_SIZE = 2000
+
+
 class MastClient:
     """Queries one MAST server for observations released in a window and their products."""
 
     def __init__(self, url: str, *, collection: str, instrument: str, timeout_s: float = 300.0,
-                 batch: int = 2000, page_size: int = 50000, retries: int = 2) -> None:
+                 batch: int = 2000, page_size: int = PAGE_SIZE, retries: int = 2) -> None:
         self.url = url.rstrip("/")
         self.collection = collection
         self.instrument = instrument
@@ -153,13 +160,20 @@ class MastClient:
                             f"{_short(exc)}") from None
 
 
-def _rows(responses: Iterable[requests.Response], what: str) -> list[dict[str, Any]]:
-    """The data rows of a paged MAST answer, after checking it is complete and well formed."""
+def _rows(responses: list[requests.Response], what: str) -> list[dict[str, Any]]:
+    """The data rows of a paged MAST answer, after checking it is complete and well formed.
+
+    Consumes ``responses``: each page's body is let go once parsed."""
     expected: int | None = None
     rows: list[dict[str, Any]] = []
-    for resp in responses:
+    responses.reverse()
+    while responses:
+        resp = responses.pop()
         try:
-            body = resp.json()
+            # Only the keys read below and by the callers are kept, object by object as the
+            # parser makes them: a page of 50,000 product rows of ~30 columns would otherwise
+            # be ~100 MB of dicts at once.
+            body = json.loads(resp.content, object_pairs_hook=_kept)
         except ValueError as exc:
             raise MastError(f"MAST {what} answer is not valid JSON: {_short(exc)}") from None
         if not isinstance(body, dict):
@@ -181,6 +195,16 @@ def _rows(responses: Iterable[requests.Response], what: str) -> list[dict[str, A
         raise MastError(f"MAST {what} answer is incomplete: {len(rows)} rows received, "
                         f"{expected} announced (an empty or short page)")
     return rows
+
+
+# The keys of MAST's answer envelope, its paging, and the row columns this module reads.
+_KEPT = frozenset({"status", "msg", "data", "fields", "paging", "rowsFiltered",
+                   "obsid", "obs_id", "t_obs_release",
+                   "productFilename", "obsID", "parent_obsid", "productSubGroupDescription"})
+
+
+def _kept(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {k: v for k, v in pairs if k in _KEPT}
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:

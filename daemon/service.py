@@ -30,16 +30,19 @@ from daemon.dispatch import dispatch, unsent
 from daemon.executors import Executor, LocalExecutor
 from daemon.lock import InstanceLock
 from daemon.mast import MastClient
+from daemon.metrics import Metrics
 from daemon.mjd import mjd_to_iso
 from daemon.outputs import OutputStore
 from daemon.reconcile import reconcile
 from daemon.sdnotify import Notifier
+from lambda_sep.storage import StorageError, s3_client
 from state.store import StateStore, unwritable
 
 log = structlog.get_logger("mastmirror.service")
 
 # Keys a running daemon cannot change under itself; SIGHUP keeps the old value and says so.
-_RESTART_ONLY = (("state", "path"), ("executor", "kind"), ("log", "format"))
+_RESTART_ONLY = (("state", "path"), ("executor", "kind"), ("log", "format"),
+                 ("metrics", "listen"))
 
 
 def make_executor(config: Config, on_result: Callable[[dict[str, Any]], None] | None = None
@@ -101,6 +104,7 @@ class Service:
         self.executor: Executor | None = None
         self.mast: MastClient | None = None
         self.outputs: OutputStore | None = None
+        self.metrics: Metrics | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -114,7 +118,15 @@ class Service:
             self.executor = make_executor(self.config, self._on_result)
             for t in self.store.reclaim_orphans(executor="local", run_id=self.run_id):
                 log.info("requeued", obs_id=t.obs_id, reason=t.reason)
+            self.metrics = Metrics(self.store, self.config)
+            if self.config.output_url.startswith("s3://"):
+                self.metrics.s3_retries(s3_client())
+            if self.config.metrics.listen:
+                address = self.metrics.serve(self.config.metrics.listen)
+                log.info("metrics endpoint", url=f"http://{address}/metrics")
         except BaseException:
+            if self.metrics is not None:
+                self.metrics.close()
             self.lock.release()
             raise
         log.info("service open", database=str(self.config.state_path),
@@ -135,6 +147,8 @@ class Service:
                         raise
                     # They stay dispatched; the next daemon requeues them as orphans.
                     log.warning("could not requeue unstarted runs", reason=str(exc))
+        if self.metrics is not None:
+            self.metrics.close()
         if self.mast is not None:
             self.mast.close()
         if self.store is not None:
@@ -166,6 +180,8 @@ class Service:
             yield
         except Exception as exc:
             reason = unwritable(exc)
+            if isinstance(exc, StorageError) and self.metrics is not None:
+                self.metrics.error("s3", "retryable" if exc.retryable else "refused")
             if reason is None:
                 # A job never takes the daemon down: log it with its traceback, run again.
                 log.exception("job failed", job=name)
@@ -186,11 +202,23 @@ class Service:
         """Discover newly released exposures."""
         assert self.store and self.mast
         outcome = None
-        with self._job("poll"):
-            outcome = poll(self.store, self.mast, self.config.mast, progress=progress)
-            self._last_poll = outcome
-            if outcome.new and self._scheduler is not None:
+        recorded = 0
+
+        def windows(done: int, total: int, so_far: PollOutcome) -> None:
+            # A backfill records a window every few tenths of a second for minutes: send
+            # what each brings at once instead of at the next dispatch interval.
+            nonlocal recorded
+            if so_far.new > recorded and self._scheduler is not None:
+                recorded = so_far.new
                 self._scheduler.modify_job("dispatch", next_run_time=_now_dt())
+            if progress:
+                progress(done, total, so_far)
+
+        with self._job("poll"):
+            outcome = poll(self.store, self.mast, self.config.mast, progress=windows)
+            self._last_poll = outcome
+            if self.metrics is not None:
+                self.metrics.polled(outcome)
         return outcome
 
     def dispatch_job(self) -> int:
@@ -199,7 +227,10 @@ class Service:
         sent = 0
         with self._job("dispatch"):
             if not self.stop_event.is_set():
-                sent = dispatch(self.store, self.executor, self.config, run_id=self.run_id).sent
+                outcome = dispatch(self.store, self.executor, self.config, run_id=self.run_id)
+                sent = outcome.sent
+                if self.metrics is not None:
+                    self.metrics.dispatched_run(outcome)
         return sent
 
     def reconcile_job(self) -> None:
@@ -209,6 +240,8 @@ class Service:
             outcome = reconcile(self.store, self.outputs, self.config.executor,
                                 archive=self.config.archive,
                                 executor=self.executor)
+            if self.metrics is not None:
+                self.metrics.reconciled_run(outcome)
             if (outcome.done or outcome.failed or outcome.requeued) and self._scheduler:
                 self._scheduler.modify_job("dispatch", next_run_time=_now_dt())
 
@@ -338,6 +371,8 @@ class Service:
                 kept = getattr(new, section).model_copy(update={key: old_v})
                 new = new.model_copy(update={section: kept})
         old, self.config = self.config, new
+        if self.metrics is not None:
+            self.metrics.configure(new)
         if new.mast != old.mast and self.mast is not None:
             self.mast.close()
             self.mast = make_mast_client(new)
