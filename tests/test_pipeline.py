@@ -247,15 +247,17 @@ def test_the_lambda_executor_end_to_end(pipeline: Pipeline, monkeypatch: Any) ->
         fn.arm("lose", times=1, obs_id=lost)  # accepted (202), never run
         monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", fn.url)
         summary = p.run_once()
+        seen = fn.stats()
     assert summary.done == len(exposures) and summary.failed == 0
+    # Events carried two exposures each (a lone one only if just one of a pair went again).
+    assert sum(seen["accepted_by_obs"].values()) > seen["accepted"]
     with StateStore(config.state_path, create=False) as s:
         rows = {r["obs_id"]: r for r in s.db["datasets"].rows}
     # The lost event carried two neighbours (in obs_id order); both timed out, went again.
+    # (Others may too, on a machine too slow for the 8 s timeout: that is the same path.)
     order = sorted(rows)
-    pair = set(order[order.index(lost) // 2 * 2:][:2])
-    assert {k for k, r in rows.items() if r["dispatches"] == 2} == pair
-    assert all(r["dispatches"] == 1 for k, r in rows.items() if k not in pair)
-    assert len({r["request_id"] for k, r in rows.items() if k not in pair}) == 2
+    pair = order[order.index(lost) // 2 * 2:][:2]
+    assert all(rows[k]["dispatches"] >= 2 for k in pair)
     assert all(r["request_id"] for r in rows.values())
     assert all(r["sources"] > 10 and r["duration_ms"] for r in rows.values())
     keys = {o["Key"] for o in p.s3().list_objects_v2(Bucket=out_bucket)["Contents"]}
