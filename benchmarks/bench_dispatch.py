@@ -65,7 +65,7 @@ def make_store(path: Path, n: int, run: int) -> StateStore:
 
 def start_standin() -> tuple[subprocess.Popen[str], str]:
     """The stand-in in --no-run mode, in its own process; returns it and its URL."""
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.standin.awslambda", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "standin.awslambda", "--port", "0",
                              "--no-run"], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()

@@ -121,17 +121,17 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     import numpy as np
     import sep
 
-    from daemon.standin.flt import archive_key, make_flt
+    from lambda_sep.contract import archive_key, function_env
     from lambda_sep.extract import gaussian_kernel
     from lambda_sep.fitsread import read_image
     from lambda_sep.params import SepParams
     from lambda_sep.storage import open_store
+    from standin.flt import make_flt
 
     src, dst = work / "archive", work / "catalogs"
     src.mkdir()
     dst.mkdir()
-    os.environ["MASTMIRROR_ALLOWED_BUCKETS"] = f"file://{src}"
-    os.environ["MASTMIRROR_ALLOWED_OUTPUTS"] = f"file://{dst}"
+    os.environ.update(function_env(f"file://{src}", f"file://{dst}"))
     import lambda_sep.handler as handler_mod
 
     handler_mod._log = lambda record: None  # keep the timing about the work, not stdout

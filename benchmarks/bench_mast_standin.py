@@ -1,6 +1,6 @@
 """Raw throughput of real astroquery against the MAST stand-in (in a separate process).
 
-Starts ``python -m daemon.standin.mast`` as a child process, then in this process, for
+Starts ``python -m standin.mast`` as a child process, then in this process, for
 each ``--mode``:
 
 1. pulls every observation (``obs_collection="HST", instrument_name="WFC3/IR",
@@ -217,7 +217,7 @@ def main() -> int:
 
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon.standin.mast", "--exposures", str(args.exposures),
+        [sys.executable, "-m", "standin.mast", "--exposures", str(args.exposures),
          "--seed", str(args.seed), "--port", "0"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

@@ -169,7 +169,7 @@ def s3_endpoint(latency_ms: float, mbps: float) -> Iterator[str]:
     """moto on loopback, behind the shaping proxy when latency or bandwidth is asked for."""
     from s3_fault_proxy import S3FaultProxy
 
-    from daemon.demo import moto_s3
+    from standin.demo import moto_s3
 
     with moto_s3() as url:
         if not latency_ms and not mbps:
@@ -182,7 +182,8 @@ def s3_endpoint(latency_ms: float, mbps: float) -> Iterator[str]:
 def _upload(n: int, seed: int) -> list[str]:
     import boto3
 
-    from daemon.standin.flt import archive_key, make_flt
+    from lambda_sep.contract import archive_key
+    from standin.flt import make_flt
 
     s3 = boto3.client("s3")
     for bucket in (BUCKET, OUT_BUCKET):

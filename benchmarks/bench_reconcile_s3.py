@@ -27,10 +27,11 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from s3_fault_proxy import S3FaultProxy  # noqa: E402
 
-from daemon.demo import moto_s3  # noqa: E402
-from daemon.outputs import OutputStore, catalog_key, error_key  # noqa: E402
-from daemon.standin.archive import Archive  # noqa: E402
+from daemon.outputs import OutputStore  # noqa: E402
+from lambda_sep.contract import catalog_key, error_key  # noqa: E402
 from lambda_sep.storage import open_store, s3_client  # noqa: E402
+from standin.archive import Archive  # noqa: E402
+from standin.demo import moto_s3  # noqa: E402
 
 # us-east-1 S3 Standard list prices per 1,000 requests at the time of writing.
 PRICE = {"LIST": 0.005, "HEAD": 0.0004, "GET": 0.0004}

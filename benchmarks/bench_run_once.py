@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from daemon.demo import offline_archive, write_config  # noqa: E402
+from standin.demo import offline_archive, write_config  # noqa: E402
 
 MASTMIRROR = str(Path(sys.executable).with_name("mastmirror"))
 

@@ -48,7 +48,7 @@ from state.store import Discovered, StateStore  # noqa: E402
 
 
 def _standin(n: int) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.standin.mast", "--exposures",
+    proc = subprocess.Popen([sys.executable, "-m", "standin.mast", "--exposures",
                              str(n), "--seed", "1"], stdout=subprocess.PIPE, text=True,
                             cwd=ROOT)
     assert proc.stdout is not None
@@ -144,8 +144,9 @@ def _populate(db: Path, n_done: int, n_flight: int) -> list[tuple[str, str]]:
 
 def bench_reconcile(n_done: int, work: Path, n_flight: int = 1000) -> dict[str, Any]:
     """One reconcile pass: n_flight in flight among n_done done (catalogs on disk)."""
-    from daemon.standin.flt import make_flt
+    from lambda_sep.contract import function_env
     from lambda_sep.handler import handler
+    from standin.flt import make_flt
 
     db = work / f"rec-{n_done}.db"
     flight = _populate(db, n_done, n_flight)
@@ -155,8 +156,7 @@ def bench_reconcile(n_done: int, work: Path, n_flight: int = 1000) -> dict[str, 
     key = "hst/public/icxe/icxe15wwq/icxe15wwq_flt.fits"
     (src / Path(key).parent).mkdir(parents=True, exist_ok=True)
     (src / key).write_bytes(make_flt("icxe15wwq", seed=1)[0])
-    os.environ["MASTMIRROR_ALLOWED_BUCKETS"] = f"file://{src}"
-    os.environ["MASTMIRROR_ALLOWED_OUTPUTS"] = f"file://{src}/out"
+    os.environ.update(function_env(f"file://{src}", f"file://{src}/out"))
     handler({"obs_id": "icxe15wwq", "input": {"bucket": f"file://{src}", "key": key},
              "output": f"file://{src}/out", "sep": {}, "attempt": 1})
     catalog = (src / "out" / key.replace(".fits", "_sep.fits")).read_bytes()
@@ -193,7 +193,7 @@ def bench_status_and_rss(n_rows: int, work: Path) -> dict[str, Any]:
     cfg = work / f"status-{n_rows}.toml"
     cfg.write_text(f'[state]\npath = "{db}"\n[output]\nurl = "{work}/none"\n'
                    '[mast]\nurl = "http://127.0.0.1:9"\n')
-    from daemon.cli import status_document
+    from daemon.status import status_document
 
     status_document(db)  # warm the page cache, as a second `status` would find it
     times = []
@@ -273,20 +273,21 @@ def bench_in_flight(n: int, in_flight: int, work: Path, *, checkout: Path = ROOT
     recording the backfill and after it, from the state database."""
     import sqlite3
 
-    env = dict(os.environ, PYTHONPATH=str(checkout), AWS_ACCESS_KEY_ID="testing",
+    # The stand-ins are this checkout's; the daemon is ``checkout``'s.
+    env = dict(os.environ, PYTHONPATH=str(ROOT), AWS_ACCESS_KEY_ID="testing",
                AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
     env.pop("AWS_ENDPOINT_URL", None)
     procs: list[subprocess.Popen[str]] = []
 
     def start(*cmd: str) -> subprocess.Popen[str]:
         p = subprocess.Popen([sys.executable, *cmd], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True, cwd=checkout, env=env)
+                             stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env)
         procs.append(p)
         return p
 
     try:
-        mast = start("-m", "daemon.standin.mast", "--exposures", str(n), "--seed", "1")
-        lam = start("-m", "daemon.standin.awslambda", "--no-run")
+        mast = start("-m", "standin.mast", "--exposures", str(n), "--seed", "1")
+        lam = start("-m", "standin.awslambda", "--no-run")
         s3_port = _free_port()
         start("-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port))
         assert mast.stdout and lam.stdout
@@ -312,7 +313,8 @@ def bench_in_flight(n: int, in_flight: int, work: Path, *, checkout: Path = ROOT
             f'timeout_seconds = 86400.0\n{extra}'
             f'[schedule]\nreconcile_seconds = 30.0\ndispatch_seconds = {dispatch_seconds}\n'
             f'[state]\npath = "{db}"\n[log]\nformat = "json"\nlevel = "info"\n')
-        denv = dict(env, AWS_ENDPOINT_URL_LAMBDA=lambda_url, AWS_ENDPOINT_URL_S3=s3_url)
+        denv = dict(env, PYTHONPATH=str(checkout), AWS_ENDPOINT_URL_LAMBDA=lambda_url,
+                    AWS_ENDPOINT_URL_S3=s3_url)
         log = open(work / "inflight-daemon.log", "w")  # noqa: SIM115
         t_start = time.monotonic()
         daemon = subprocess.Popen([str(Path(sys.executable).with_name("mastmirror")),

@@ -21,7 +21,7 @@ import click
 from daemon import __version__
 from daemon.configfile import ConfigError, find_config, state_path
 from daemon.lambda_cli import lambda_group
-from daemon.lock import AlreadyRunning, InstanceLock
+from daemon.lock import AlreadyRunning
 
 if TYPE_CHECKING:
     from daemon.config import Config
@@ -136,27 +136,16 @@ def _print_cycle(summary: Any) -> None:
 def status(obj: _Ctx, as_json: bool) -> None:
     """What the mirror holds and what the daemon is doing (reads only [state] path of the
     config; the daemon validates the rest when it starts)."""
-    doc = status_document(obj.state_path())
+    from daemon.status import render, status_document
+
+    try:
+        doc = status_document(obj.state_path())
+    except FileNotFoundError as exc:
+        _fail(str(exc), EXIT_FAILED)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return
-    from daemon.status import render
-
     click.echo(render(doc))
-
-
-def status_document(database: Path) -> dict[str, Any]:
-    """The status document of a state database (it must exist)."""
-    from daemon.status import to_dict
-    from state.store import StateStore
-
-    try:
-        store = StateStore(database, readonly=True)
-    except FileNotFoundError as exc:
-        _fail(str(exc), EXIT_FAILED)
-    with store:
-        snap = store.snapshot()
-    return to_dict(snap, daemon_pid=InstanceLock(database).holder())
 
 
 @main.command()
@@ -210,7 +199,7 @@ def preview(obj: _Ctx, obs_id: str, out: Path | None) -> None:
 def demo(workdir: Path, exposures: int, release: int) -> None:
     """The whole pipeline offline: local MAST and S3 stand-ins, the daemon, a preview."""
     from daemon import logs
-    from daemon.demo import DemoError, run_demo
+    from standin.demo import DemoError, run_demo
 
     logs.configure("warning", "console")
     try:

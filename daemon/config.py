@@ -28,13 +28,14 @@ from daemon.configfile import (
     read_toml,
     resolve,
 )
+from lambda_sep.contract import BUCKET_NAME, BUCKET_RE, function_env
 
 __all__ = ["SEARCH_ENV", "SYSTEM_PATH", "Config", "ConfigError", "config_from_dict",
            "find_config", "handler_env", "load_config"]
 
-
-# S3 bucket naming rules (the subset that matters: length, charset, no leading/trailing dot/dash).
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# The retention periods CloudWatch Logs accepts (PutRetentionPolicy), in days.
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096,
+                      1827, 2192, 2557, 2922, 3288, 3653)
 _LAMBDA_NAME_RE = re.compile(
     r"^[A-Za-z0-9_-]{1,64}$"
     r"|^arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:function:[A-Za-z0-9_-]{1,64}(:[A-Za-z0-9$_-]+)?$")
@@ -82,7 +83,7 @@ class ArchiveSection(_Section):
             if not Path(urlsplit(value).path).is_absolute():
                 raise ValueError("a file:// archive must be an absolute path, file:///abs/dir")
             return value.rstrip("/")
-        if not _BUCKET_RE.match(value):
+        if not BUCKET_RE.match(value):
             raise ValueError("must be an S3 bucket name (3-63 of a-z 0-9 . -) or file:///abs/dir")
         return value
 
@@ -102,7 +103,7 @@ class ExecutorSection(_Section):
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
     timeout_seconds: Annotated[float, Field(gt=0, le=86400)] = 900.0
     retry_backoff_seconds: Annotated[float, Field(ge=0, le=86400)] = 30.0
-    # Exposures per event (lambda_sep.batch.MAX_BATCH is the function's own limit).
+    # Exposures per event (lambda_sep.contract.MAX_BATCH is the function's own limit).
     batch: Annotated[int, Field(ge=1, le=100)] = 1
     function: str = "mastmirror-sep"
 
@@ -139,7 +140,7 @@ class LambdaSection(_Section):
     log_retention_days: int = 30
     # Added for `lambda deploy` and the daemon's invocations (daemon.lambda_invoke).
     reserved_concurrency: Annotated[int, Field(ge=0, le=100000)] = 0
-    code_s3: Annotated[str, Field(pattern=r"^$|^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")] = ""
+    code_s3: Annotated[str, Field(pattern=rf"^$|^s3://{BUCKET_NAME}(/.*)?$")] = ""
     invoke_threads: Annotated[int, Field(ge=1, le=1024)] = 32
     invoke_processes: Annotated[int, Field(ge=1, le=64)] = 2
     invoke_retry_mode: Literal["standard", "adaptive"] = "standard"
@@ -149,8 +150,6 @@ class LambdaSection(_Section):
     @field_validator("log_retention_days")
     @classmethod
     def _retention(cls, value: int) -> int:
-        from lambda_sep.params import LOG_RETENTION_DAYS  # CloudWatch's own list
-
         if value not in LOG_RETENTION_DAYS:
             raise ValueError("must be a retention CloudWatch Logs offers: "
                              + ", ".join(str(d) for d in sorted(LOG_RETENTION_DAYS)))
@@ -224,8 +223,7 @@ class Config(_Section):
 def handler_env(config: Config) -> dict[str, str]:
     """The environment the extraction function needs: its allow-lists (the local pool's
     workers get it, and ``lambda deploy`` sets it on the function)."""
-    return {"MASTMIRROR_ALLOWED_BUCKETS": config.archive.bucket,
-            "MASTMIRROR_ALLOWED_OUTPUTS": config.output_url}
+    return function_env(config.archive.bucket, config.output_url)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -269,7 +267,7 @@ _SECTIONS = ("mast", "archive", "output", "executor", "lambda", "state", "schedu
 def _output_url(value: str, base: Path, source: str | os.PathLike[str]) -> str:
     parts = urlsplit(value)
     if parts.scheme == "s3":
-        if not _BUCKET_RE.match(parts.netloc):
+        if not BUCKET_RE.match(parts.netloc):
             raise ConfigError(f"{source}: [output] url = {value!r}: the bucket "
                               f"{parts.netloc!r} is not a valid S3 bucket name")
         prefix = parts.path.strip("/")

@@ -9,7 +9,6 @@ part-way leaves the cursor at the last complete window.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -19,35 +18,10 @@ import structlog
 from daemon.config import MastSection
 from daemon.mast import MastClient, MastError, Observation, Product
 from daemon.mjd import mjd, mjd_to_iso
+from lambda_sep.contract import product_key
 from state.store import Discovered, Rejected, StateStore
 
 log = structlog.get_logger("mastmirror.discovery")
-
-_NAME_RE = re.compile(r"^(?P<dataset>[a-z0-9]{9})_(?P<suffix>[a-z0-9]{3,8})\.fits$")
-_MAX_NAME = 64
-
-
-def archive_key(filename: str) -> tuple[str, str]:
-    """(dataset, key in the archive bucket) of an HST product file name.
-
-    ``icxe15wwq_flt.fits`` -> ``("icxe15wwq", "hst/public/icxe/icxe15wwq/icxe15wwq_flt.fits")``.
-    Anything that is not a plain HST file name (path parts, odd characters, too long) raises
-    ValueError with the reason: such a name never becomes a key.
-    """
-    if not filename:
-        raise ValueError("empty product file name")
-    if len(filename) > _MAX_NAME:
-        raise ValueError(f"product file name is {len(filename)} characters long")
-    if not filename.isascii() or not filename.isprintable():
-        raise ValueError("product file name has non-ASCII or control characters")
-    if "/" in filename or "\\" in filename or filename.startswith("."):
-        raise ValueError("product file name has path components")
-    name = filename.lower()
-    m = _NAME_RE.match(name)
-    if not m:
-        raise ValueError("not an HST dataset file name (ipppssoot_sfx.fits)")
-    dataset = m["dataset"]
-    return dataset, f"hst/public/{dataset[:4]}/{dataset}/{name}"
 
 
 @dataclass
@@ -73,7 +47,7 @@ def select_products(observations: Iterable[Observation], products: Iterable[Prod
         if p.subgroup.upper() != wanted:
             continue
         try:
-            dataset, key = archive_key(p.filename)
+            dataset, key = product_key(p.filename)
         except ValueError as exc:
             name = p.filename if len(p.filename) <= 200 else p.filename[:200] + "..."
             rejected[name] = Rejected(name, str(exc))
@@ -133,36 +107,47 @@ def poll(store: StateStore, client: MastClient, mast: MastSection, *,
     poll_id = store.begin_poll(kind, start, now=now)
     out = PollOutcome(poll_id=poll_id, kind=kind, ok=True, cursor_mjd=cursor)
     plan = windows(start, end, mast.window_days)
-    log.info("poll started", poll_id=poll_id, kind=kind, since=mjd_to_iso(start),
-             until=mjd_to_iso(end), windows=len(plan))
-    for i, (lo, hi) in enumerate(plan):
-        try:
-            obs = client.observations(lo, hi)
-            products = list(client.products([o.obsid for o in obs])) if obs else []
-        except MastError as exc:
-            out.ok, out.error = False, str(exc)
-            log.error("poll failed", poll_id=poll_id, window=[mjd_to_iso(lo), mjd_to_iso(hi)],
-                      error=str(exc), cursor=mjd_to_iso(out.cursor_mjd) if out.cursor_mjd else None)
-            break
-        finds = select_products(obs, products, mast.product)
-        new = store.record_window(poll_id, hi, finds.datasets, observations=finds.observations,
-                                  products=finds.products, rejected=finds.rejected)
-        out.windows += 1
-        out.observations += finds.observations
-        out.products += finds.products
-        out.new += new
-        out.rejected += len(finds.rejected)
-        out.cursor_mjd = hi
-        for r in finds.rejected:
-            log.warning("product refused", poll_id=poll_id, name=r.name, reason=r.reason)
-        if new:
-            log.debug("window recorded", poll_id=poll_id, window=[mjd_to_iso(lo), mjd_to_iso(hi)],
-                      observations=finds.observations, new=new)
-        if progress:
-            progress(i + 1, len(plan), out)
-    store.finish_poll(poll_id, ok=out.ok, error=out.error)
-    if out.ok:
-        log.info("poll finished", poll_id=poll_id, kind=kind, windows=out.windows,
-                 observations=out.observations, new=out.new, rejected=out.rejected,
-                 cursor=mjd_to_iso(out.cursor_mjd) if out.cursor_mjd else None)
+    with structlog.contextvars.bound_contextvars(poll_id=poll_id):
+        log.info("poll started", kind=kind, since=mjd_to_iso(start), until=mjd_to_iso(end),
+                 windows=len(plan))
+        for i, window in enumerate(plan):
+            if not _window(store, client, mast, out, window):
+                break
+            if progress:
+                progress(i + 1, len(plan), out)
+        store.finish_poll(poll_id, ok=out.ok, error=out.error)
+        if out.ok:
+            log.info("poll finished", kind=kind, windows=out.windows,
+                     observations=out.observations, new=out.new, rejected=out.rejected,
+                     cursor=mjd_to_iso(out.cursor_mjd) if out.cursor_mjd else None)
     return out
+
+
+def _window(store: StateStore, client: MastClient, mast: MastSection, out: PollOutcome,
+            window: tuple[float, float]) -> bool:
+    """Record one window's finds and move the cursor to its end; False if MAST failed."""
+    lo, hi = window
+    try:
+        obs = client.observations(lo, hi)
+        products = list(client.products([o.obsid for o in obs])) if obs else []
+    except MastError as exc:
+        out.ok, out.error = False, str(exc)
+        log.error("poll failed", window=[mjd_to_iso(lo), mjd_to_iso(hi)], error=str(exc),
+                  cursor=mjd_to_iso(out.cursor_mjd) if out.cursor_mjd else None)
+        return False
+    finds = select_products(obs, products, mast.product)
+    new = store.record_window(out.poll_id, hi, finds.datasets,
+                              observations=finds.observations, products=finds.products,
+                              rejected=finds.rejected)
+    out.windows += 1
+    out.observations += finds.observations
+    out.products += finds.products
+    out.new += new
+    out.rejected += len(finds.rejected)
+    out.cursor_mjd = hi
+    for r in finds.rejected:
+        log.warning("product refused", name=r.name, reason=r.reason)
+    if new:
+        log.debug("window recorded", window=[mjd_to_iso(lo), mjd_to_iso(hi)],
+                  observations=finds.observations, new=new)
+    return True

@@ -19,7 +19,7 @@ import structlog
 
 from daemon.config import Config
 from daemon.executors import Executor
-from lambda_sep.batch import exposures, make_batch
+from lambda_sep.contract import exposures, make_batch, make_event
 from state.store import Claim, DatasetRow, Sent, StateStore
 
 log = structlog.get_logger("mastmirror.dispatch")
@@ -28,15 +28,10 @@ log = structlog.get_logger("mastmirror.dispatch")
 LAMBDA_REQUESTS = "spend.lambda_requests"
 
 
-def make_event(row: DatasetRow, config: Config) -> dict[str, Any]:
+def event_for(row: DatasetRow, config: Config) -> dict[str, Any]:
     """The event for one dataset: the same dict for the local pool and for Lambda."""
-    return {
-        "obs_id": row.obs_id,
-        "input": {"bucket": config.archive.bucket, "key": row.input_key},
-        "output": config.output_url,
-        "sep": dict(config.sep),
-        "attempt": row.dispatches,
-    }
+    return make_event(obs_id=row.obs_id, bucket=config.archive.bucket, key=row.input_key,
+                      output=config.output_url, sep=config.sep, attempt=row.dispatches)
 
 
 @dataclass
@@ -64,7 +59,7 @@ def dispatch(store: StateStore, executor: Executor, config: Config, *, run_id: s
         rows = store.claim_new(min(room, batch), executor=executor.kind, run_id=run_id)
         if not rows:
             break
-        events = [make_event(r, config) for r in rows]
+        events = [event_for(r, config) for r in rows]
         size = config.executor.batch
         if size > 1:
             events = [make_batch(events[i:i + size]) for i in range(0, len(events), size)]

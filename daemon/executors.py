@@ -14,7 +14,6 @@ import multiprocessing
 import os
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,10 +21,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from lambda_sep.batch import exposures
+from lambda_sep.contract import exposures
 
 if TYPE_CHECKING:
-    from pebble import ProcessFuture, ProcessPool
+    from pebble import ProcessPool
 
 log = structlog.get_logger("mastmirror.executor")
 
@@ -52,7 +51,7 @@ class Lost:
 
 def each_exposure(event: Mapping[str, Any], request_id: str | None, error: str | None = None,
                   kind: str | None = None) -> list[Submitted]:
-    """One Submitted per exposure of ``event`` (several for a batch, lambda_sep.batch)."""
+    """One Submitted per exposure of ``event`` (several for a batch, lambda_sep.contract)."""
     return [Submitted(str(e["obs_id"]), int(e["attempt"]), request_id, error, kind)
             for e in exposures(dict(event))]
 
@@ -76,17 +75,10 @@ class Executor(Protocol):
 
 
 class LocalContext:
-    """The parts of Lambda's context object the handler uses."""
+    """What the handler reads of Lambda's context object: the request id (for its log)."""
 
-    def __init__(self, request_id: str, timeout_s: float, memory_mb: int = 0) -> None:
+    def __init__(self, request_id: str) -> None:
         self.aws_request_id = request_id
-        self.function_name = "mastmirror-local"
-        self.memory_limit_in_mb = memory_mb
-        self._deadline = time.monotonic() + timeout_s
-
-    def get_remaining_time_in_millis(self) -> int:
-        """Milliseconds until the configured timeout."""
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 def pool_worker_setup() -> None:
@@ -122,13 +114,13 @@ def _worker_init(env: Mapping[str, str]) -> None:
     import lambda_sep.handler  # noqa: F401
 
 
-def _run(event: Mapping[str, Any], request_id: str, timeout_s: float) -> dict[str, Any]:
+def _run(event: Mapping[str, Any], request_id: str) -> dict[str, Any]:
     from lambda_sep.handler import handler
 
-    return handler(dict(event), LocalContext(request_id, timeout_s))
+    return handler(dict(event), LocalContext(request_id))
 
 
-Target = Callable[[Mapping[str, Any], str, float], dict[str, Any]]
+Target = Callable[[Mapping[str, Any], str], dict[str, Any]]
 
 
 class LocalExecutor:
@@ -155,7 +147,7 @@ class LocalExecutor:
         self._target = target
         self._lock = threading.Lock()
         self._lost: list[Lost] = []
-        self._pending: dict[ProcessFuture, Mapping[str, Any]] = {}
+        self._pending: dict[cf.Future[dict[str, Any]], Mapping[str, Any]] = {}
         self._closing = False
         self._pool = self._new_pool()
 
@@ -174,10 +166,10 @@ class LocalExecutor:
         out = []
         for event in events:
             request_id = str(uuid.uuid4())
+            broken: ProcessPool | None = None
             with self._lock:
                 try:
-                    fut = self._pool.schedule(self._target,
-                                              args=(event, request_id, self._timeout_s),
+                    fut = self._pool.schedule(self._target, args=(event, request_id),
                                               timeout=self._timeout_s)
                 except RuntimeError as exc:
                     # The pool is broken: pebble gives up when a worker dies while none has a
@@ -186,7 +178,6 @@ class LocalExecutor:
                     broken, self._pool = self._pool, self._new_pool()
                     error = f"local pool unavailable: {exc}"
                 else:
-                    broken = None
                     self._pending[fut] = event
             if broken is not None:
                 broken.stop()
@@ -197,7 +188,7 @@ class LocalExecutor:
             out.extend(each_exposure(event, request_id))
         return out
 
-    def _done(self, fut: ProcessFuture) -> None:
+    def _done(self, fut: cf.Future[dict[str, Any]]) -> None:
         with self._lock:
             event = self._pending.pop(fut, None)
         if event is None or fut.cancelled():

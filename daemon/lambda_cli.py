@@ -1,6 +1,6 @@
 """``mastmirror lambda build | deploy | policy``: the bundle, the function, its IAM policies.
 
-A thin shell: the work is in ``lambda_sep.bundle`` and ``lambda_sep.deploy``; this module
+A thin shell: the work is in ``daemon.lambda_bundle`` and ``daemon.lambda_deploy``; this module
 turns ``config.toml`` into their arguments (the function's environment comes from
 ``daemon.config.handler_env``, the same allow-lists the local pool runs with).
 
@@ -65,7 +65,7 @@ def build(obj: _HasConfig, *, output: Path | None, architecture: str | None,
           python_version: str | None, wheelhouse: Path | None, require_hashes: bool,
           include_boto3: bool, lock: Path | None) -> None:
     """Build the deployment zip from manylinux wheels (no Docker)."""
-    from lambda_sep import bundle
+    from daemon import lambda_bundle as bundle
 
     lam = obj.config.lambda_
     try:
@@ -89,15 +89,13 @@ def _region_account(config: Config, region: str | None,
                     account: str | None) -> tuple[str, str]:
     """Region and account for the policy ARNs: options, then the function or role ARN and
     the standard AWS configuration (read locally, no request), else ``*``."""
-    from lambda_sep.deploy import arn_region_account
+    from daemon.lambda_deploy import arn_region_account, configured_region
 
     fn_region, fn_account = arn_region_account(config.executor.function)
     role = config.lambda_.role_arn.split(":")
     role_account = role[4] if len(role) > 4 and role[0] == "arn" else None
     if region is None:
-        import boto3
-
-        region = fn_region or boto3.session.Session().region_name
+        region = fn_region or configured_region()
     return region or "*", account or fn_account or role_account or "*"
 
 
@@ -114,7 +112,7 @@ def _region_account(config: Config, region: str | None,
 def policy(obj: _HasConfig, *, which: str | None, region: str | None,
            account: str | None) -> None:
     """Print the least-privilege IAM policy of the function's execution role (JSON)."""
-    from lambda_sep import deploy
+    from daemon import lambda_deploy as deploy
 
     config = obj.config
     try:
@@ -141,10 +139,10 @@ def policy(obj: _HasConfig, *, which: str | None, region: str | None,
 # -- deploy ------------------------------------------------------------------------------
 
 def function_spec(config: Config, *, reserved_concurrency: int | None = None) -> Any:
-    """The ``lambda_sep.deploy.FunctionSpec`` that ``config`` describes."""
+    """The ``daemon.lambda_deploy.FunctionSpec`` that ``config`` describes."""
     from daemon.config import handler_env
+    from daemon.lambda_deploy import DeployConfigError, FunctionSpec, function_name
     from lambda_sep import __version__
-    from lambda_sep.deploy import DeployConfigError, FunctionSpec, function_name
 
     if not config.output_url.startswith("s3://"):
         raise DeployConfigError(f"[output] url = {config.output_url!r}: a Lambda function can only "
@@ -174,9 +172,7 @@ def function_spec(config: Config, *, reserved_concurrency: int | None = None) ->
 def deploy(obj: _HasConfig, *, bundle_path: Path | None,
            reserved_concurrency: int | None) -> None:
     """Create or update the function and its asynchronous-invocation settings."""
-    import botocore.exceptions
-
-    from lambda_sep import deploy as dep
+    from daemon import lambda_deploy as dep
 
     config = obj.config
     try:
@@ -188,7 +184,7 @@ def deploy(obj: _HasConfig, *, bundle_path: Path | None,
         _fail(str(exc), EXIT_CONFIG)
     except dep.DeployError as exc:
         _fail(str(exc))
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+    except dep.AWS_ERRORS as exc:
         _fail(f"AWS refused the deployment: {exc}")
     click.echo(f"{report.function_arn}: " + "; ".join(report.actions))
     click.echo(f"CodeSha256 {report.code_sha256} ({report.code_location})")

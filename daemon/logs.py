@@ -1,7 +1,9 @@
 """Structured logging: JSON lines under systemd or when piped, readable lines on a terminal.
 
-Every line about a dataset carries ``obs_id`` (the callers bind it). On a terminal the
-lines go through the same rich console as the progress bar, so the two do not tear.
+Context is bound with ``structlog.contextvars`` (merged into every line): a job's lines carry
+``run_id`` and ``job`` (daemon.service), a poll's lines ``poll_id`` (daemon.discovery); every
+line about a dataset carries ``obs_id``. On a terminal the lines go through the same rich
+console as the progress bar, so the two do not tear.
 """
 
 from __future__ import annotations

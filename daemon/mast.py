@@ -57,10 +57,15 @@ class _TimeoutAdapter(HTTPAdapter):
         super().__init__(max_retries=retries)
         self._timeout = timeout
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        if kwargs.get("timeout") is None:
-            kwargs["timeout"] = self._timeout
-        return super().send(request, **kwargs)
+    # HTTPAdapter.send's own signature (positional parameters and all).
+    def send(self, request: requests.PreparedRequest, stream: bool = False,  # noqa: PLR0917
+             timeout: float | tuple[float | None, float | None] | None = None,
+             verify: bool | str = True, cert: str | tuple[str, str] | None = None,
+             proxies: dict[str, str] | None = None) -> requests.Response:
+        """HTTPAdapter.send, with this adapter's timeout when the caller gave none."""
+        return super().send(request, stream=stream,
+                            timeout=self._timeout if timeout is None else timeout,
+                            verify=verify, cert=cert, proxies=proxies)
 
 
 # Rows per page of a MAST answer. astroquery parses each page whole to check its status,

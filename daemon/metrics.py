@@ -186,6 +186,8 @@ class Metrics:
         self._server, _thread = start_http_server(int(port), host.strip("[]"),
                                                   registry=self.registry)
         bound_host, bound_port = self._server.server_address[:2]
+        if isinstance(bound_host, bytes):
+            bound_host = bound_host.decode()
         return f"{bound_host}:{bound_port}"
 
     def configure(self, config: Config) -> None:

@@ -1,8 +1,9 @@
 """The daemon's one view of the output store: which dispatched datasets have a result.
 
-For each dataset in flight it lists the two possible result keys (the catalog
-``..._sep.fits`` and the error marker ``..._sep.error.json`` share the prefix ``..._sep``),
-then reads the catalog's metadata or the marker. The work is proportional to the number in
+For each dataset in flight it lists the possible result keys (the catalog ``..._sep.fits``,
+the skip marker ``..._sep.skipped.json`` and the error marker ``..._sep.error.json`` share the
+prefix ``..._sep``), then reads the catalog's metadata or the marker. The keys and the
+metadata names are ``lambda_sep.contract``'s. The work is proportional to the number in
 flight, never to the number of catalogs already in the store.
 
 On S3 a LIST costs as much as a PUT, so one LIST per dataset in flight would cost about as
@@ -23,29 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from lambda_sep import storage
+from lambda_sep import contract, storage
+from lambda_sep.contract import input_stem
 
-CATALOG_SUFFIX = "_sep.fits"
-ERROR_SUFFIX = "_sep.error.json"
-SKIPPED_SUFFIX = "_sep.skipped.json"
 # Keys in one ListObjectsV2 answer (S3's maximum, and its default).
 LIST_PAGE = 1000
-
-
-def catalog_key(input_key: str) -> str:
-    """The catalog key of an input key (the output layout mirrors the archive's)."""
-    return _stem(input_key) + CATALOG_SUFFIX
-
-
-def error_key(input_key: str) -> str:
-    """The error-marker key of an input key."""
-    return _stem(input_key) + ERROR_SUFFIX
-
-
-def _stem(input_key: str) -> str:
-    if not input_key.endswith(".fits"):
-        raise ValueError(f"input key does not end in .fits: {input_key!r}")
-    return input_key[: -len(".fits")]
 
 
 class Pending(NamedTuple):
@@ -99,13 +82,14 @@ class OutputStore:
     def find(self, obs_id: str, input_key: str, min_dispatch: int = 1) -> Result | None:
         """This generation's result for one dataset, or None: its catalog (preferred), its
         skip marker, or an error marker (whose dispatch the reconciler checks)."""
-        stem = _stem(input_key)
+        stem = input_stem(input_key)
         return self._resolve(Pending(obs_id, input_key, min_dispatch),
-                             set(self._store.list(stem + "_sep")))
+                             set(self._store.list(stem + contract.RESULTS_INFIX)))
 
     def _resolve(self, item: Pending, keys: set[str]) -> Result | None:
-        stem = _stem(item.input_key)
-        cat, skip, err = stem + CATALOG_SUFFIX, stem + SKIPPED_SUFFIX, stem + ERROR_SUFFIX
+        stem = input_stem(item.input_key)
+        cat, skip, err = (stem + contract.CATALOG_SUFFIX, stem + contract.SKIPPED_SUFFIX,
+                          stem + contract.ERROR_SUFFIX)
         if cat in keys:
             found = self._catalog(item.obs_id, cat)
             if found is not None and found.current(item.min_dispatch):
@@ -130,7 +114,7 @@ class OutputStore:
                     listed.update(covered)
 
             def one(item: Pending) -> Result | None:
-                stem = _stem(item.input_key)
+                stem = input_stem(item.input_key)
                 if stem in listed:
                     return self._resolve(item, listed[stem])
                 return self.find(*item)
@@ -148,7 +132,7 @@ class OutputStore:
         budget = max(1, len(stems) // 2) * LIST_PAGE
         keys: dict[str, set[str]] = {stem: set() for stem in stems}
         pending = iter(stems)  # sorted: each key belongs to the current stem or a later one
-        current = next(pending)
+        current: str | None = next(pending)
         last_key = ""
         ended = True
         for n, key in enumerate(self._store.list(directory, start_after=stems[0]), 1):
@@ -157,7 +141,7 @@ class OutputStore:
                 current = next(pending, None)  # past every key of ``current``
             if current is None:
                 break
-            if key.startswith(current + "_sep"):
+            if key.startswith(current + contract.RESULTS_INFIX):
                 keys[current].add(key)
             if n == budget:  # stop before the generator asks for another page
                 ended = False
@@ -171,15 +155,16 @@ class OutputStore:
         if info is None:  # deleted between list and head
             return None
         meta: dict[str, Any] = {k.lower(): v for k, v in info.metadata.items()}
-        if _int(meta.get("sources")) is None:
+        if _int(meta.get(contract.META_SOURCES)) is None:
             meta = self._header_metadata(key, info.size)
-        return Result(obs_id=obs_id, kind="catalog", key=key, attempt=_int(meta.get("attempt")),
-                      sources=_int(meta.get("sources")),
-                      duration_ms=_int(meta.get("duration-ms")),
-                      bytes_read=_int(meta.get("bytes-read")),
-                      peak_rss_mb=_float(meta.get("peak-rss-mb")),
-                      input_etag=meta.get("input-etag") or None,
-                      input_size=_int(meta.get("input-size")))
+        return Result(obs_id=obs_id, kind="catalog", key=key,
+                      attempt=_int(meta.get(contract.META_ATTEMPT)),
+                      sources=_int(meta.get(contract.META_SOURCES)),
+                      duration_ms=_int(meta.get(contract.META_DURATION_MS)),
+                      bytes_read=_int(meta.get(contract.META_BYTES_READ)),
+                      peak_rss_mb=_float(meta.get(contract.META_PEAK_RSS_MB)),
+                      input_etag=meta.get(contract.META_INPUT_ETAG) or None,
+                      input_size=_int(meta.get(contract.META_INPUT_SIZE)))
 
     def _header_metadata(self, key: str, size: int) -> dict[str, Any]:
         """The metadata S3 would carry, read from the catalog's own header blocks (for
@@ -193,11 +178,16 @@ class OutputStore:
         if len(headers) < 2:
             return {}
         h = headers[1]
-        proctime = h.get("PROCTIME")
-        return {"sources": h.get("NAXIS2"), "attempt": h.get("ATTEMPT"),
-                "duration-ms": round(proctime * 1000) if proctime is not None else None,
-                "bytes-read": h.get("BYTESRD"), "peak-rss-mb": h.get("PEAKRSS"),
-                "input-etag": h.get("INETAG"), "input-size": h.get("INSIZE")}
+        proctime = h.get(contract.HDR_PROCTIME)
+        return {
+            contract.META_SOURCES: h.get(contract.HDR_SOURCES),
+            contract.META_ATTEMPT: h.get(contract.HDR_ATTEMPT),
+            contract.META_DURATION_MS: round(proctime * 1000) if proctime is not None else None,
+            contract.META_BYTES_READ: h.get(contract.HDR_BYTES_READ),
+            contract.META_PEAK_RSS_MB: h.get(contract.HDR_PEAK_RSS),
+            contract.META_INPUT_ETAG: h.get(contract.HDR_INPUT_ETAG),
+            contract.META_INPUT_SIZE: h.get(contract.HDR_INPUT_SIZE),
+        }
 
     def _marker(self, obs_id: str, key: str, kind: str) -> Result | None:
         """An error or skip marker (JSON written by the handler)."""
@@ -227,7 +217,7 @@ def _by_directory(items: Sequence[Pending]) -> list[tuple[str, list[str]]]:
     sorted; only directories with two datasets or more are worth a shared listing."""
     groups: dict[str, set[str]] = {}
     for item in items:
-        stem = _stem(item.input_key)
+        stem = input_stem(item.input_key)
         parts = stem.rsplit("/", 2)
         if len(parts) == 3:
             groups.setdefault(parts[0] + "/", set()).add(stem)

@@ -14,8 +14,9 @@ import numpy as np
 from astropy.io import fits
 
 from daemon.config import Config
-from daemon.outputs import OutputStore, catalog_key
+from daemon.outputs import OutputStore
 from lambda_sep import storage
+from lambda_sep.contract import catalog_key
 from lambda_sep.fitsread import read_image
 from state.store import StateStore
 

@@ -29,7 +29,6 @@ log = structlog.get_logger("mastmirror.reconcile")
 class ReconcileOutcome:
     """What one reconcile run settled."""
 
-    checked: int = 0
     done: int = 0
     failed: int = 0
     skipped: int = 0
@@ -58,7 +57,6 @@ def reconcile(store: StateStore, outputs: OutputStore, policy: ExecutorSection, 
     now = time.time() if now is None else now
     out = ReconcileOutcome()
     for rows in store.in_flight_pages(page):
-        out.checked += len(rows)
         _settle(store, outputs, rows, policy=policy, archive=archive, now=now, out=out)
     if executor is not None:
         lost = [Failure(x.obs_id, x.dispatch, x.reason, True) for x in executor.drain_lost()]

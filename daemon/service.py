@@ -111,27 +111,28 @@ class Service:
     def open(self) -> None:
         """Take the lock, open the state, build the clients; give back orphaned local runs."""
         self.lock.acquire()
-        try:
-            self.store = StateStore(self.config.state_path)
-            self.mast = make_mast_client(self.config)
-            self.outputs = OutputStore(self.config.output_url)
-            self.executor = make_executor(self.config, self._on_result)
-            for t in self.store.reclaim_orphans(executor="local", run_id=self.run_id):
-                log.info("requeued", obs_id=t.obs_id, reason=t.reason)
-            self.metrics = Metrics(self.store, self.config)
-            if self.config.output_url.startswith("s3://"):
-                self.metrics.s3_retries(s3_client())
-            if self.config.metrics.listen:
-                address = self.metrics.serve(self.config.metrics.listen)
-                log.info("metrics endpoint", url=f"http://{address}/metrics")
-        except BaseException:
-            if self.metrics is not None:
-                self.metrics.close()
-            self.lock.release()
-            raise
-        log.info("service open", database=str(self.config.state_path),
-                 executor=self.config.executor.kind, output=self.config.output_url,
-                 mast=self.config.mast.url, run_id=self.run_id, pid=os.getpid())
+        with structlog.contextvars.bound_contextvars(run_id=self.run_id):
+            try:
+                self.store = StateStore(self.config.state_path)
+                self.mast = make_mast_client(self.config)
+                self.outputs = OutputStore(self.config.output_url)
+                self.executor = make_executor(self.config, self._on_result)
+                for t in self.store.reclaim_orphans(executor="local", run_id=self.run_id):
+                    log.info("requeued", obs_id=t.obs_id, reason=t.reason)
+                self.metrics = Metrics(self.store, self.config)
+                if self.config.output_url.startswith("s3://"):
+                    self.metrics.s3_retries(s3_client())
+                if self.config.metrics.listen:
+                    address = self.metrics.serve(self.config.metrics.listen)
+                    log.info("metrics endpoint", url=f"http://{address}/metrics")
+            except BaseException:
+                if self.metrics is not None:
+                    self.metrics.close()
+                self.lock.release()
+                raise
+            log.info("service open", database=str(self.config.state_path),
+                     executor=self.config.executor.kind, output=self.config.output_url,
+                     mast=self.config.mast.url, pid=os.getpid())
 
     def close(self, *, timeout_s: float = 20.0) -> None:
         """Stop the executor within ``timeout_s``, put back what never started, release all."""
@@ -174,28 +175,33 @@ class Service:
 
     @contextlib.contextmanager
     def _job(self, name: str) -> Iterator[None]:
+        """A job's body: every line it logs carries ``run_id`` and ``job``."""
         with self._jobs_lock:
             self._jobs_running += 1
         try:
-            yield
-        except Exception as exc:
-            reason = unwritable(exc)
-            if isinstance(exc, StorageError) and self.metrics is not None:
-                self.metrics.error("s3", "retryable" if exc.retryable else "refused")
-            if reason is None:
-                # A job never takes the daemon down: log it with its traceback, run again.
-                log.exception("job failed", job=name)
-            else:
-                # A full disk or a read-only database does not heal by itself: stop, say
-                # why, and leave the database as the last committed transaction left it.
-                self.fatal = f"the state database {self.config.state_path} cannot be " \
-                             f"written: {reason}"
-                log.error("stopping: state database cannot be written", job=name,
-                          database=str(self.config.state_path), reason=reason)
-                self.stop_event.set()
+            with structlog.contextvars.bound_contextvars(run_id=self.run_id, job=name):
+                try:
+                    yield
+                except Exception as exc:
+                    self._job_failed(exc)
         finally:
             with self._jobs_lock:
                 self._jobs_running -= 1
+
+    def _job_failed(self, exc: Exception) -> None:
+        reason = unwritable(exc)
+        if isinstance(exc, StorageError) and self.metrics is not None:
+            self.metrics.error("s3", "retryable" if exc.retryable else "refused")
+        if reason is None:
+            # A job never takes the daemon down: log it with its traceback, run again.
+            log.exception("job failed")
+            return
+        # A full disk or a read-only database does not heal by itself: stop, say why, and
+        # leave the database as the last committed transaction left it.
+        self.fatal = f"the state database {self.config.state_path} cannot be written: {reason}"
+        log.error("stopping: state database cannot be written",
+                  database=str(self.config.state_path), reason=reason)
+        self.stop_event.set()
 
     def poll_job(self, progress: Callable[[int, int, PollOutcome], None] | None = None
                  ) -> PollOutcome | None:

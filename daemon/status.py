@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import click
 
+from daemon.lock import InstanceLock
 from daemon.mjd import mjd_to_iso
-from state.store import Snapshot
+from state.store import Snapshot, StateStore
 
 
 def _iso(unix: float | None) -> str | None:
@@ -58,6 +60,13 @@ def to_dict(snap: Snapshot, *, daemon_pid: int | None = None) -> dict[str, Any]:
         "database": {"path": snap.path, "schema_version": snap.schema_version},
         "at": _iso(snap.taken_at),
     }
+
+
+def status_document(database: Path) -> dict[str, Any]:
+    """The status document of a state database; FileNotFoundError if there is none."""
+    with StateStore(database, readonly=True) as store:
+        snap = store.snapshot()
+    return to_dict(snap, daemon_pid=InstanceLock(database).holder())
 
 
 def _age(seconds: float | None) -> str:

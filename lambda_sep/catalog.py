@@ -22,6 +22,15 @@ import sep
 from astropy.io import fits
 
 from lambda_sep import __version__
+from lambda_sep.contract import (
+    HDR_ATTEMPT,
+    HDR_BYTES_READ,
+    HDR_INPUT_ETAG,
+    HDR_INPUT_SIZE,
+    HDR_PEAK_RSS,
+    HDR_PROCTIME,
+    HDR_SOURCES,
+)
 from lambda_sep.extract import Extraction
 from lambda_sep.fitsread import Image
 from lambda_sep.params import SepParams
@@ -31,7 +40,7 @@ __all__ = ["EXTNAME", "RUN_SPECIFIC_KEYWORDS", "build_catalog", "param_keyword"]
 EXTNAME = "CATALOG"
 _BLOCK = 2880
 # The cards whose values differ between two runs on the same input.
-RUN_SPECIFIC_KEYWORDS = ("DATE", "PROCTIME", "PEAKRSS", "ATTEMPT")
+RUN_SPECIFIC_KEYWORDS = ("DATE", HDR_PROCTIME, HDR_PEAK_RSS, HDR_ATTEMPT)
 
 _FORMATS = {
     np.dtype("int16"): "I",
@@ -122,7 +131,7 @@ def build_catalog(
         ("BITPIX", 8, "array data type"),
         ("NAXIS", 2, "number of array dimensions"),
         ("NAXIS1", dtype.itemsize, "[byte] length of a row"),
-        ("NAXIS2", n, "number of rows (sources)"),
+        (HDR_SOURCES, n, "number of rows (sources)"),
         ("PCOUNT", 0, "number of group parameters"),
         ("GCOUNT", 1, "number of groups"),
         ("TFIELDS", len(names), "number of table fields"),
@@ -142,9 +151,9 @@ def build_catalog(
     h["OBS_ID"] = (obs_id, "dataset (ROOTNAME)")
     h["INBUCKET"] = (bucket, "input bucket or store")
     h["INKEY"] = (key, "input object key")
-    h["INETAG"] = (etag, "input object ETag")
-    h["INSIZE"] = (image.size, "[byte] input object size")
-    h["BYTESRD"] = (image.bytes_read, "[byte] input bytes read (ranged reads)")
+    h[HDR_INPUT_ETAG] = (etag, "input object ETag")
+    h[HDR_INPUT_SIZE] = (image.size, "[byte] input object size")
+    h[HDR_BYTES_READ] = (image.bytes_read, "[byte] input bytes read (ranged reads)")
     h["NREADS"] = (len(image.ranges), "ranged read requests")
     h["INEXTS"] = (",".join(image.extensions), "input extensions walked")
     _copy_input_keywords(h, image)
@@ -173,9 +182,9 @@ def build_catalog(
 
     # Run-specific cards last, fixed format, so their values are all that differs.
     h["DATE"] = (date, "UTC date of processing")
-    h["PROCTIME"] = (float(f"{processing_time:.4f}"), "[s] processing time")
-    h["PEAKRSS"] = (float(f"{peak_rss_mb:.1f}"), "[MB] peak resident memory of the process")
-    h["ATTEMPT"] = (attempt, "dispatch attempt")
+    h[HDR_PROCTIME] = (float(f"{processing_time:.4f}"), "[s] processing time")
+    h[HDR_PEAK_RSS] = (float(f"{peak_rss_mb:.1f}"), "[MB] peak resident memory of the process")
+    h[HDR_ATTEMPT] = (attempt, "dispatch attempt")
 
     primary = [
         ("SIMPLE", True, "conforms to FITS standard"),

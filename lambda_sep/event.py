@@ -7,9 +7,10 @@
  "sep": {...}, "attempt": 1}
 ```
 
-The allow-lists come from the function's environment: ``MASTMIRROR_ALLOWED_BUCKETS``
-(comma-separated bucket names or ``file:///`` directories; default ``stpubdata``) and
-``MASTMIRROR_ALLOWED_OUTPUTS`` (comma-separated URL prefixes; empty refuses everything).
+The allow-lists come from the function's environment (names in ``lambda_sep.contract``):
+``MASTMIRROR_ALLOWED_BUCKETS`` (comma-separated bucket names or ``file:///`` directories;
+default ``stpubdata``) and ``MASTMIRROR_ALLOWED_OUTPUTS`` (comma-separated URL prefixes;
+empty refuses everything). The key rule and the output keys are the contract's too.
 
 A refused event raises :class:`EventError`. Its ``marker`` says where an error marker may be
 written: only when the output is allowed and the input key has the archive's exact shape,
@@ -19,48 +20,25 @@ so a hostile event can never steer a write outside an allowed output prefix.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lambda_sep.contract import (
+    DEFAULT_ALLOWED_BUCKETS,
+    ENV_ALLOWED_BUCKETS,
+    ENV_ALLOWED_OUTPUTS,
+    OBS_ID_RE,
+    catalog_key,
+    error_key,
+    key_dataset,
+)
 from lambda_sep.params import SepParams
 from lambda_sep.storage import open_store, validate_key
 
-__all__ = [
-    "DEFAULT_ALLOWED_BUCKETS",
-    "ENV_ALLOWED_BUCKETS",
-    "ENV_ALLOWED_OUTPUTS",
-    "Event",
-    "EventError",
-    "allowed_buckets",
-    "allowed_outputs",
-    "catalog_key",
-    "error_key",
-    "parse_event",
-]
+__all__ = ["Event", "EventError", "allowed_buckets", "allowed_outputs", "parse_event"]
 
-ENV_ALLOWED_BUCKETS = "MASTMIRROR_ALLOWED_BUCKETS"
-ENV_ALLOWED_OUTPUTS = "MASTMIRROR_ALLOWED_OUTPUTS"
-DEFAULT_ALLOWED_BUCKETS = "stpubdata"
-
-OBS_ID_RE = re.compile(r"^[a-z0-9]{9}$")
-# hst/public/<first 4 of the dataset>/<dataset>/<dataset>_<suffix>.fits, all lower case.
-KEY_RE = re.compile(
-    r"^hst/public/(?P<first4>[a-z0-9]{4})/(?P<dir>[a-z0-9]{9})/"
-    r"(?P<file>[a-z0-9]{9})_(?P<suffix>[a-z0-9]{2,8})\.fits$"
-)
 MAX_URL_LENGTH = 1024
-
-
-def catalog_key(input_key: str) -> str:
-    """``K[:-5] + "_sep.fits"``: where the catalog of input key K goes."""
-    return input_key[: -len(".fits")] + "_sep.fits"
-
-
-def error_key(input_key: str) -> str:
-    """``K[:-5] + "_sep.error.json"``: where the error marker of input key K goes."""
-    return input_key[: -len(".fits")] + "_sep.error.json"
 
 
 class EventError(ValueError):
@@ -151,20 +129,17 @@ def _check_output(output: Any, env: Mapping[str, str]) -> str:
     return norm
 
 
-def _check_key(key: Any) -> re.Match[str]:
+def _check_key(key: Any) -> tuple[str, str]:
+    """(key, the dataset it names), or ValueError."""
     if not isinstance(key, str) or not key:
         raise ValueError("input.key must be a non-empty string")
     if len(key) > MAX_URL_LENGTH:
         raise ValueError(f"input.key is longer than {MAX_URL_LENGTH} characters")
     validate_key(key)  # path tricks, NUL, backslash, non-ASCII
-    m = KEY_RE.match(key)
-    if m is None:
-        raise ValueError(f"input.key {key!r} is not hst/public/<4>/<obs_id>/<obs_id>_<suffix>"
-                         ".fits (lower case)")
-    if not (m["dir"] == m["file"] and m["first4"] == m["dir"][:4]):
-        raise ValueError(f"input.key {key!r} is inconsistent: its directory, file name and "
-                         "4-character prefix must name the same dataset")
-    return m
+    try:
+        return key, key_dataset(key)
+    except ValueError as exc:
+        raise ValueError(f"input.key {exc}") from None
 
 
 def parse_event(event: Any, env: Mapping[str, str] | None = None) -> Event:
@@ -182,21 +157,20 @@ def parse_event(event: Any, env: Mapping[str, str] | None = None) -> Event:
     safe_key = raw_key if isinstance(raw_key, str) and len(raw_key) <= MAX_URL_LENGTH else None
 
     # 1. Where could a marker go? Only an allowed output and an archive-shaped key qualify.
-    output = key_match = None
+    output = key = key_obs = None
     output_problem = key_problem = None
     try:
         output = _check_output(event.get("output"), env)
     except ValueError as exc:
         output_problem = str(exc)
     try:
-        key_match = _check_key(raw_key)
+        key, key_obs = _check_key(raw_key)
     except ValueError as exc:
         key_problem = str(exc)
-    key = key_match.string if key_match is not None else None
     marker = (output, error_key(key)) if (output and key) else None
 
     # What the refusal may report: a printable key, the dataset the key names.
-    trusted_obs = obs_id or (key_match["file"] if key_match is not None else None)
+    trusted_obs = obs_id or key_obs
     trusted_key = key or (safe_key if safe_key and _printable(safe_key) else None)
 
     def refuse(reason: str) -> EventError:
@@ -207,13 +181,13 @@ def parse_event(event: Any, env: Mapping[str, str] | None = None) -> Event:
         raise refuse(output_problem or "output is missing")
     if not isinstance(inp, dict):
         raise refuse("input must be an object with bucket and key")
-    if key_match is None or key is None:
+    if key is None or key_obs is None:
         raise refuse(key_problem or "input.key is missing")
     if not isinstance(raw_obs, str) or not OBS_ID_RE.match(raw_obs):
-        raise refuse(f"obs_id {raw_obs!r} does not match ^[a-z0-9]{{9}}$")
-    if raw_obs != key_match["file"]:
+        raise refuse(f"obs_id {raw_obs!r} does not match {OBS_ID_RE.pattern}")
+    if raw_obs != key_obs:
         raise refuse(f"obs_id {raw_obs!r} does not match the input key's dataset "
-                     f"{key_match['file']!r}")
+                     f"{key_obs!r}")
     if attempt is None:
         raise refuse(f"attempt {raw_attempt!r} must be an integer >= 1")
 

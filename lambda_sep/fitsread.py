@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -41,8 +42,9 @@ MAX_HEADER_BLOCKS = 2000  # 5.8 MB of header cards means something is wrong
 _HEADER_CHUNK = 4 * BLOCK  # fallback read size when a header outgrows the guess
 _WANTED = ("SCI", "ERR", "DQ", "WHT")
 
-_DTYPES = {8: np.dtype("u1"), 16: np.dtype(">i2"), 32: np.dtype(">i4"), 64: np.dtype(">i8"),
-           -32: np.dtype(">f4"), -64: np.dtype(">f8")}
+_DTYPES: dict[int, np.dtype[Any]] = {
+    8: np.dtype("u1"), 16: np.dtype(">i2"), 32: np.dtype(">i4"), 64: np.dtype(">i8"),
+    -32: np.dtype(">f4"), -64: np.dtype(">f8")}
 
 
 class ImageError(ValueError):
@@ -302,9 +304,9 @@ def read_image(store: ObjectStore, key: str, size: int, *, first_read: int = FIR
     while pos < size:
         hdu = _parse_hdu(reader, pos, index)
         hdus.append(hdu)
-        sci = found.get("SCI")
+        sci_found = found.get("SCI")
         if hdu.name in _WANTED and hdu.name not in found and (
-            hdu.name == "SCI" or sci is None or hdu.ver == sci.ver
+            hdu.name == "SCI" or sci_found is None or hdu.ver == sci_found.ver
         ):
             found[hdu.name] = hdu
             if hdu.name == "SCI":

@@ -5,7 +5,7 @@ atomically at ``<output>/K[:-5] + "_sep.fits"`` with its summary as S3 metadata,
 stale error marker; on any failure write ``<output>/K[:-5] + "_sep.error.json"`` instead and
 no catalog. The same function runs in the daemon's local process pool.
 
-An event may carry several exposures (``lambda_sep.batch``). They are worked through in
+An event may carry several exposures (``lambda_sep.contract``). They are worked through in
 order, and the waiting on storage is taken off the critical path: one thread reads the next
 exposure while the current one is extracted, another writes each result while the next is
 extracted, so an invocation is billed for little more than its computing. Each exposure gets
@@ -34,9 +34,9 @@ from typing import Any
 
 import sep
 
-from lambda_sep import __version__
-from lambda_sep.batch import BATCH, BatchError, exposures
+from lambda_sep import __version__, contract
 from lambda_sep.catalog import build_catalog
+from lambda_sep.contract import BATCH, BatchError, exposures
 from lambda_sep.event import Event, EventError, parse_event
 from lambda_sep.extract import extract
 from lambda_sep.fitsread import FIRST_READ, Image, ImageError, read_image
@@ -192,16 +192,16 @@ def _extract(ev: Event, read: Future[tuple[ObjectInfo, Image]], started: float) 
         )
         out.sources = extraction.count
         out.metadata = {
-            "obs-id": ev.obs_id,
-            "attempt": str(ev.attempt),
-            "sources": str(extraction.count),
-            "duration-ms": str(round(duration * 1000)),
-            "peak-rss-mb": f"{rss:.1f}",
-            "bytes-read": str(out.bytes_read),
-            "input-etag": info.etag,
-            "input-size": str(info.size),
-            "sep-version": sep.__version__,
-            "mastmirror-version": __version__,
+            contract.META_OBS_ID: ev.obs_id,
+            contract.META_ATTEMPT: str(ev.attempt),
+            contract.META_SOURCES: str(extraction.count),
+            contract.META_DURATION_MS: str(round(duration * 1000)),
+            contract.META_PEAK_RSS_MB: f"{rss:.1f}",
+            contract.META_BYTES_READ: str(out.bytes_read),
+            contract.META_INPUT_ETAG: info.etag,
+            contract.META_INPUT_SIZE: str(info.size),
+            contract.META_SEP_VERSION: sep.__version__,
+            contract.META_MASTMIRROR_VERSION: __version__,
         }
     except Exception as exc:
         out.error = exc
@@ -311,7 +311,7 @@ def _work(items: list[Any], context: Any, started: float) -> list[dict[str, Any]
 
 
 def handler(event: Any, context: Any = None) -> dict[str, Any]:
-    """Process one event (see lambda_sep.event and lambda_sep.batch); return its summary.
+    """Process one event (see lambda_sep.event and lambda_sep.contract); return its summary.
 
     Never raises for a bad event or a bad image: the result is in the output store (catalog
     or error marker) and in the returned summary, whose ``status`` is "done" or "failed". A

@@ -1,5 +1,5 @@
 """The function's parameters: the extraction's (the ``sep`` table of an event and ``[sep]``
-of config.toml) and the deployment limits that config.toml is checked against.
+of config.toml).
 
 Standard library only, so the daemon can validate its configuration (and ``status`` can
 start) without importing numpy, astropy, sep or boto3.
@@ -10,13 +10,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
-__all__ = ["DEFAULT_DQ_MASK", "LOG_RETENTION_DAYS", "SepParams", "finite_number"]
-
-# The retention periods CloudWatch Logs accepts (PutRetentionPolicy), in days.
-LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096,
-                      1827, 2192, 2557, 2922, 3288, 3653)
+__all__ = ["DEFAULT_DQ_MASK", "SepParams", "finite_number"]
 
 # WFC3 DQ bits whose pixel values are wrong: 1 Reed-Solomon error, 2 fill, 4 bad detector
 # pixel, 8 unstable in zero read, 16 hot, 32 unstable response, 128 bad reference pixel,
@@ -30,7 +26,7 @@ DEFAULT_DQ_MASK = 1 | 2 | 4 | 8 | 16 | 32 | 128 | 4096
 _MAX_APERTURES = 16
 
 
-def finite_number(v: Any) -> bool:
+def finite_number(v: Any) -> TypeGuard[int | float]:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 

@@ -33,6 +33,8 @@ import botocore.config
 import botocore.exceptions
 from botocore.config import Config
 
+from lambda_sep.contract import BUCKET_RE
+
 __all__ = [
     "FileStore",
     "ObjectInfo",
@@ -47,7 +49,6 @@ __all__ = [
 
 # S3's own limit on key length (bytes; our keys are ASCII so characters == bytes).
 MAX_KEY_LENGTH = 1024
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _META_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 # Temporary files written by FileStore.put_atomic; list() never shows them.
 _TMP_RE = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]{8}$")
@@ -288,7 +289,7 @@ class S3Store(ObjectStore):
     """An S3 bucket, optionally below a key prefix."""
 
     def __init__(self, bucket: str, prefix: str = "", *, client: Any = None) -> None:
-        if not _BUCKET_RE.match(bucket):
+        if not BUCKET_RE.match(bucket):
             raise ValueError(f"invalid S3 bucket name: {bucket!r}")
         prefix = prefix.strip("/")
         if prefix:
@@ -631,6 +632,6 @@ def open_store(url: str, *, client: Any = None) -> ObjectStore:
         if "\x00" in path or ".." in path.split("/"):
             raise ValueError(f"file URL path must be normalised (no '..'): {url!r}")
         return FileStore(path)
-    if _BUCKET_RE.match(url):
+    if BUCKET_RE.match(url):
         return S3Store(url, client=client)
     raise ValueError(f"not a store URL (s3://bucket/prefix, file:///abs/dir or a bucket): {url!r}")

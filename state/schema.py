@@ -209,27 +209,30 @@ def user_version(conn: sqlite3.Connection) -> int:
 
 
 def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
-    """Bring the database to ``target``, one transaction per version; return the old version."""
-    current = user_version(conn)
-    if current > SCHEMA_VERSION:
-        raise SchemaError(f"database schema version {current} is newer than this mastmirror "
-                          f"understands ({SCHEMA_VERSION}); upgrade mastmirror")
-    if current == 0 and _has_foreign_tables(conn):
-        raise SchemaError("the file is an SQLite database but not a mastmirror one "
-                          "(it has tables and no mastmirror schema version)")
-    start = current
-    while current < target:
-        statements = MIGRATIONS[current]
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for sql in statements:
+    """Bring the database to ``target`` in one transaction; return the old version.
+
+    One transaction for every pending version: a crash leaves the old schema intact, and a
+    reader (``status`` while a new daemon creates its database) sees the old schema or the
+    target, never a version in between.
+    """
+    conn.execute("BEGIN IMMEDIATE")  # the version is read under the write lock
+    try:
+        current = start = user_version(conn)
+        if current > SCHEMA_VERSION:
+            raise SchemaError(f"database schema version {current} is newer than this "
+                              f"mastmirror understands ({SCHEMA_VERSION}); upgrade mastmirror")
+        if current == 0 and _has_foreign_tables(conn):
+            raise SchemaError("the file is an SQLite database but not a mastmirror one "
+                              "(it has tables and no mastmirror schema version)")
+        while current < target:
+            for sql in MIGRATIONS[current]:
                 conn.execute(sql)
-            conn.execute(f"PRAGMA user_version = {current + 1}")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        current += 1
+            current += 1
+        conn.execute(f"PRAGMA user_version = {current}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
     return start
 
 

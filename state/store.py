@@ -214,9 +214,17 @@ class StateStore:
         if create:
             if user_version(conn) != SCHEMA_VERSION:
                 migrate(conn)
-        elif user_version(conn) != SCHEMA_VERSION:
-            raise SchemaError(f"{self.path}: schema version {user_version(conn)}, expected "
-                              f"{SCHEMA_VERSION}; run the daemon once to migrate it")
+        else:
+            version = user_version(conn)
+            # Version 0: a daemon has just created the file and is making the schema (one
+            # transaction, milliseconds); wait for it rather than report an empty file.
+            deadline = time.monotonic() + min(self._busy_timeout_s, 10.0)
+            while version == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+                version = user_version(conn)
+            if version != SCHEMA_VERSION:
+                raise SchemaError(f"{self.path}: schema version {version}, expected "
+                                  f"{SCHEMA_VERSION}; run the daemon once to migrate it")
 
     # -- connections -------------------------------------------------------------------
 

@@ -16,8 +16,8 @@ import pytest
 from harness import Pipeline
 from moto.server import ThreadedMotoServer
 
-from daemon.standin.archive import Archive
-from daemon.standin.mast import MastStandin
+from standin.archive import Archive
+from standin.mast import MastStandin
 
 _AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",

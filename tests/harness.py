@@ -10,9 +10,9 @@ import boto3
 
 from daemon.config import load_config
 from daemon.service import CycleSummary, Service
-from daemon.standin.archive import Archive, Exposure
-from daemon.standin.flt import make_flt
-from daemon.standin.mast import MastStandin
+from standin.archive import Archive, Exposure
+from standin.flt import make_flt
+from standin.mast import MastStandin
 
 _FLT_CACHE: dict[str, bytes] = {}
 

@@ -13,10 +13,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from lambda_sep.batch import exposures
+from lambda_sep.contract import exposures
 
 
-def run(event: Mapping[str, Any], request_id: str, timeout_s: float) -> dict[str, Any]:
+def run(event: Mapping[str, Any], request_id: str) -> dict[str, Any]:
     """Behave as the obs_id asks (each exposure's, for a batch); return what the handler
     returns on success."""
     results = []

@@ -24,7 +24,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
-from daemon.standin.loopback import LoopbackHTTPServer
+from standin.loopback import LoopbackHTTPServer
 
 SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
             b"<Message>Please reduce your request rate.</Message></Error>")

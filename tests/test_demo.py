@@ -93,3 +93,14 @@ def test_ctrl_c_stops_everything_the_demo_started(tmp_path: Path) -> None:
                    (work / "daemon.log").read_text().splitlines() if line.startswith("{")}
     for pid in daemon_pids - {None}:
         assert not Path(f"/proc/{pid}").exists()
+
+
+def test_demo_without_the_demo_extra_says_what_to_install(tmp_path: Path) -> None:
+    # None in sys.modules makes `import moto` fail as if it were not installed.
+    code = ("import sys; sys.modules['moto'] = None; from daemon.cli import main; "
+            f"main(['demo', '--dir', {str(tmp_path / 'demo')!r}])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=_clean_env(), timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "mastmirror[demo]" in proc.stderr and "moto" in proc.stderr
+    assert not (tmp_path / "demo").exists()  # stopped before making anything

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from daemon.config import config_from_dict
-from daemon.dispatch import dispatch, make_event, unsent
+from daemon.dispatch import dispatch, event_for, unsent
 from daemon.executors import Submitted
-from lambda_sep.batch import exposures
+from lambda_sep.contract import exposures
 from state.store import DatasetRow, Discovered, StateStore
 
 
@@ -59,7 +59,7 @@ def test_the_event_is_the_design_contract(store: StateStore) -> None:
                                "output": {"url": "s3://cats/mirror"},
                                "sep": {"thresh": 2.5}})
     (row,) = store.claim_new(1, executor="lambda", run_id="r")
-    event = make_event(row, config)
+    event = event_for(row, config)
     assert event == {"obs_id": "iabc00000",
                      "input": {"bucket": "stpubdata",
                                "key": "hst/public/iabc/iabc00000/iabc00000_flt.fits"},
@@ -102,8 +102,8 @@ def test_batches_carry_neighbours_and_come_back_whole(store: StateStore) -> None
     assert [len(e["batch"]) for e in rec.events] == [4, 4, 2, 2]
     flat = [x for e in rec.events for x in exposures(e)]
     assert [x["obs_id"] for x in flat] == [f"iabc{i:05d}" for i in range(12)]
-    assert flat[0] == make_event(DatasetRow("iabc00000", flat[0]["input"]["key"], "dispatched",
-                                            1, 1, None), config)
+    assert flat[0] == event_for(DatasetRow("iabc00000", flat[0]["input"]["key"], "dispatched",
+                                           1, 1, None), config)
     assert store.get("iabc00005")["request_id"] == "req-iabc00005"
     # At shutdown, a batch an executor never started goes back whole, uncounted.
     assert unsent(store, rec.events[:1], "stopped") == 4

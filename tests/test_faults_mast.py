@@ -16,9 +16,10 @@ from harness import Pipeline
 
 from daemon.cli import main
 from daemon.config import load_config
-from daemon.discovery import archive_key, poll
+from daemon.discovery import poll
 from daemon.service import Service, make_mast_client
-from daemon.standin.archive import BAD_KINDS
+from lambda_sep.contract import product_key
+from standin.archive import BAD_KINDS
 from state.store import StateStore
 
 FAULTS = ["http_500", "http_503", "hang", "truncated", "malformed", "html", "disconnect",
@@ -111,7 +112,7 @@ def test_run_once_exits_non_zero_when_mast_is_down(pipeline: Pipeline) -> None:
 @pytest.mark.parametrize("kind", sorted(BAD_KINDS))
 def test_names_with_path_tricks_are_refused(kind: str) -> None:
     with pytest.raises(ValueError):
-        archive_key(BAD_KINDS[kind] + "_flt.fits")
+        product_key(BAD_KINDS[kind] + "_flt.fits")
 
 
 def test_planted_bad_products_are_refused_and_nothing_escapes(pipeline: Pipeline,

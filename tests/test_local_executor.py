@@ -16,7 +16,7 @@ from typing import Any
 import local_runs
 
 from daemon.executors import LocalExecutor, Lost
-from lambda_sep.batch import make_batch
+from lambda_sep.contract import make_batch
 
 
 def _event(obs_id: str, attempt: int = 1) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from daemon.cli import main
 from daemon.config import load_config
 from daemon.executors import Lost, Submitted
 from daemon.service import Service
-from daemon.standin.flt import make_broken_flt
+from standin.flt import make_broken_flt
 from state.store import StateStore
 
 
@@ -61,6 +61,12 @@ def test_run_once_catalogs_every_exposure_then_only_the_new_ones(pipeline: Pipel
     lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     assert {e["obs_id"] for e in lines if e.get("event") == "done"} == \
         {e.dataset for e in exposures}
+    # A job's lines carry the run and the job (bound once per job), a poll's its poll_id.
+    by_event = {e["event"]: e for e in lines}
+    assert (by_event["poll started"]["job"], by_event["dispatched"]["job"],
+            by_event["done"]["job"]) == ("poll", "dispatch", "reconcile")
+    assert len({e["run_id"] for e in lines if "job" in e or e["event"] == "service open"}) == 1
+    assert by_event["poll started"]["poll_id"] == by_event["poll finished"]["poll_id"]
 
     doc = _status(p)
     assert doc["datasets"] == {"new": 0, "dispatched": 0, "done": n, "failed": 0, "skipped": 0,
@@ -228,13 +234,15 @@ def test_the_lambda_executor_end_to_end(pipeline: Pipeline, monkeypatch: Any) ->
     runs the real handler (throttled, failing with 5xx, and losing one event along the way),
     results in S3."""
     from daemon.config import handler_env
-    from daemon.standin.awslambda import LambdaStandIn
+    from standin.awslambda import LambdaStandIn
 
     p = pipeline
     out_bucket = p.bucket + "-out"
     p.s3().create_bucket(Bucket=out_bucket)
     p.write_config(output={"url": f"s3://{out_bucket}/mirror"},
-                   executor={"kind": "lambda", "concurrency": 4, "timeout_seconds": 8.0,
+                   # Long enough for a run on a loaded machine (a run past it is sent
+                   # again, rightly), short enough to see the lost event go again.
+                   executor={"kind": "lambda", "concurrency": 4, "timeout_seconds": 12.0,
                              "max_attempts": 3, "batch": 2},
                    schedule={"reconcile_seconds": 0.5},
                    **{"lambda": {"invoke_processes": 1, "invoke_threads": 4}})
@@ -254,7 +262,7 @@ def test_the_lambda_executor_end_to_end(pipeline: Pipeline, monkeypatch: Any) ->
     with StateStore(config.state_path, create=False) as s:
         rows = {r["obs_id"]: r for r in s.db["datasets"].rows}
     # The lost event carried two neighbours (in obs_id order); both timed out, went again.
-    # (Others may too, on a machine too slow for the 8 s timeout: that is the same path.)
+    # (Others may too, on a machine too slow for the timeout: that is the same path.)
     order = sorted(rows)
     pair = order[order.index(lost) // 2 * 2:][:2]
     assert all(rows[k]["dispatches"] >= 2 for k in pair)

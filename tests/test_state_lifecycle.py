@@ -217,3 +217,19 @@ def test_version_1_database_migrates_with_its_datasets_and_history(tmp_path: Pat
         s.mark_skipped([Skip(row.obs_id, row.dispatches, "not imaging")])
         assert s.counts()["skipped"] == 1 and s.counts()["new"] == 0
         assert s.integrity_check() == "ok"
+
+
+def test_a_reader_waits_for_a_database_being_created(tmp_path: Path) -> None:
+    """`status` during a first start: the file exists before its schema; the reader waits
+    for the schema rather than failing, and never sees a version in between."""
+    import threading
+
+    path = tmp_path / "new.db"
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")  # the file exists, at version 0
+    timer = threading.Timer(0.3, lambda: migrate(conn))
+    timer.start()
+    with StateStore(path, readonly=True) as s:
+        assert s.counts()["total"] == 0
+    timer.join()
+    conn.close()

@@ -31,7 +31,7 @@ from lambda_helpers import (
     running_python,
 )
 
-from lambda_sep.bundle import bundle_pins, find_lock, parse_lock
+from daemon.lambda_bundle import bundle_pins, find_lock, parse_lock
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +51,8 @@ def venv_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def flt_archive(tmp_path_factory: pytest.TempPathFactory) -> Archive:
     """One synthetic 1014x1014 WFC3/IR FLT with 40 stars and 40 galaxies, on disk."""
-    from daemon.standin.flt import archive_key, make_flt
+    from lambda_sep.contract import archive_key
+    from standin.flt import make_flt
 
     root = tmp_path_factory.mktemp("archive")
     obs_id = "icxe15wwq"
@@ -97,7 +98,7 @@ def standin_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def standin(standin_env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     """The Lambda stand-in accepting events without running them; boto3 pointed at it."""
-    from daemon.standin.awslambda import LambdaStandIn
+    from standin.awslambda import LambdaStandIn
 
     s = LambdaStandIn(FUNCTION, run=False).start()
     monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", s.url)

@@ -14,6 +14,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from lambda_sep.contract import function_env, make_event
+
 REPO = Path(__file__).resolve().parents[2]
 FUNCTION = "mastmirror-sep"
 ROLE_TRUST = {"Version": "2012-10-17", "Statement": [{
@@ -75,7 +77,7 @@ def repack_installed(name: str, dest: Path) -> Path:
 def lambda_wheelhouse(python_version: str, architecture: str) -> Path | None:
     """A wheelhouse of the published wheels for another Python, when set-up fetched one.
 
-    ``./dev`` runs ``python -m lambda_sep.bundle download .venv/wheelhouse``, which fills
+    ``./dev`` runs ``python -m daemon.lambda_bundle download .venv/wheelhouse``, which fills
     ``.venv/wheelhouse/py3.12-<arch>``; ``MASTMIRROR_LAMBDA_WHEELHOUSE`` points elsewhere.
     """
     env = os.environ.get("MASTMIRROR_LAMBDA_WHEELHOUSE")
@@ -103,13 +105,12 @@ class Archive:
 
     def event(self, output: Path, attempt: int = 1) -> dict[str, object]:
         """The event the daemon would send for this exposure."""
-        return {"obs_id": self.obs_id, "input": {"bucket": self.url, "key": self.key},
-                "output": f"file://{output}", "sep": {}, "attempt": attempt}
+        return make_event(obs_id=self.obs_id, bucket=self.url, key=self.key,
+                          output=f"file://{output}", sep={}, attempt=attempt)
 
     def env(self, output: Path) -> dict[str, str]:
         """The function's allow-lists for this archive and ``output``."""
-        return {"MASTMIRROR_ALLOWED_BUCKETS": self.url,
-                "MASTMIRROR_ALLOWED_OUTPUTS": f"file://{output}"}
+        return function_env(self.url, f"file://{output}")
 
 
 def moto_post(url: str, path: str, body: bytes) -> bytes:

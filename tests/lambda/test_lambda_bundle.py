@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from astropy.io import fits
 from click.testing import CliRunner
-from lambda_helpers import Archive, lambda_wheelhouse, machine_arch, running_python
+from lambda_helpers import REPO, Archive, lambda_wheelhouse, machine_arch, running_python
 
 import lambda_sep
+from daemon import lambda_bundle as bundle
 from daemon.cli import main
-from lambda_sep import bundle
-from lambda_sep.bundle import (
+from daemon.lambda_bundle import (
     BundleError,
     build_bundle,
     bundle_pins,
@@ -184,20 +184,100 @@ def test_offline_build_without_a_wheel_says_which(tmp_path: Path, venv_wheelhous
                      architecture=machine_arch(), wheelhouse=partial, require_hashes=False)
 
 
+def test_wheels_unpack_as_an_installer_lays_them_out(tmp_path: Path) -> None:
+    wheel = tmp_path / "demo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for name in ("demo/__init__.py", "demo-1.0.dist-info/METADATA",
+                     "demo-1.0.data/purelib/demo_pure.py", "demo-1.0.data/platlib/demo_c.so",
+                     "demo-1.0.data/scripts/demo-tool", "demo-1.0.data/headers/demo.h",
+                     "demo-1.0.data/data/share/demo.txt"):
+            zf.writestr(name, name)
+    root = tmp_path / "root"
+    bundle.unpack_wheel(wheel, root)
+    got = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert got == ["demo-1.0.dist-info/METADATA", "demo/__init__.py", "demo_c.so",
+                   "demo_pure.py"]
+    assert (root / "demo_pure.py").read_text() == "demo-1.0.data/purelib/demo_pure.py"
+    for bad in ("../escape.py", "/abs.py", "demo/..\\..\\x.py"):
+        evil = tmp_path / "evil-1.0-py3-none-any.whl"
+        with zipfile.ZipFile(evil, "w") as zf:
+            zf.writestr(bad, "x")
+        with pytest.raises(BundleError, match="outside the bundle"):
+            bundle.unpack_wheel(evil, tmp_path / "evil")
+    assert not (tmp_path / "escape.py").exists()
+
+
+def test_the_lock_is_found_from_an_installed_package(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Installed (not editable), the package sits in site-packages, far from the checkout:
+    # run from the checkout, the lock is the current directory's.
+    monkeypatch.setattr(bundle, "__file__", str(tmp_path / "site-packages/daemon/x.py"))
+    monkeypatch.chdir(REPO)
+    assert find_lock() == REPO / "requirements.lock"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BundleError, match="run from the mastmirror checkout, or pass --lock"):
+        find_lock()
+
+
+def test_a_stock_venvs_pip_builds_for_another_python(tmp_path: Path,
+                                                     venv_wheelhouse: Path) -> None:
+    """``python3 -m venv`` on 3.11 brings pip 23.2, whose ``install --target`` checks
+    Requires-Python against 3.11 whatever --python-version says (pypa/pip#12216): the
+    bundle's wheels for 3.12 must go in all the same."""
+    arch = machine_arch()
+    target = "3.12" if running_python() != "3.12" else "3.13"
+    wheelhouse = lambda_wheelhouse(target, arch)
+    if wheelhouse is None:
+        pytest.skip(f"needs the Python {target} wheelhouse ./dev fetches "
+                    f"(.venv/wheelhouse/py{target}-{arch})")
+    venv = tmp_path / "stock"
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(venv)], check=True)  # ensurepip: offline
+    python = str(venv / "bin" / "python")
+    # The build needs packaging; installing it from the local wheels leaves pip as it was.
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-index", "--find-links",
+                    str(venv_wheelhouse), "packaging"], check=True)
+    code = ("import sys; from pathlib import Path; from daemon import lambda_bundle as b; "
+            "pins = b.bundle_pins(b.parse_lock(b.find_lock().read_text()), "
+            f"python_version={target!r}, architecture={arch!r}); "
+            f"b.install_wheels(pins, Path(sys.argv[1]), python_version={target!r}, "
+            f"architecture={arch!r}, wheelhouse=Path({str(wheelhouse)!r}))")
+    out = tmp_path / "tree"
+    proc = subprocess.run([python, "-c", code, str(out)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    pip = subprocess.run([python, "-m", "pip", "--version"], capture_output=True,
+                         text=True).stdout.split()[1]
+    assert proc.returncode == 0, f"pip {pip}: {proc.stderr[-2000:]}"
+    tag = f"cp{target.replace('.', '')}"
+    assert list(out.glob(f"numpy/_core/_multiarray_umath.{'cpython-' + tag[2:]}-*.so"))
+    assert list(out.glob("numpy-*.dist-info/METADATA"))
+
+
 # -- the real bundle ---------------------------------------------------------------------
 
 def _isolated_python(version: str) -> str | None:
-    """An interpreter of ``version`` that is not this venv's (so -S leaves only stdlib)."""
+    """The real executable of a Python ``version`` that is not this venv's (so -S leaves
+    only the standard library): ``python<version>`` on PATH, else one pyenv installed (its
+    shims answer only for the active versions)."""
     if version == running_python():
         return getattr(sys, "_base_executable", sys.executable)
-    for candidate in (f"/root/.pyenv/versions/{version}.1/bin/python{version}",
-                      shutil.which(f"python{version}")):
-        if not candidate or not Path(candidate).exists():
+    candidates = [shutil.which(f"python{version}")]
+    pyenv = shutil.which("pyenv")
+    if pyenv:
+        root = subprocess.run([pyenv, "root"], capture_output=True, text=True).stdout.strip()
+        if root:
+            candidates += sorted(str(p) for p in Path(root).glob(
+                f"versions/{version}*/bin/python{version}"))
+    # The interpreter says what it is and where it really lives (a shim or a venv's python
+    # would not run with the bare environment the bundle test gives it).
+    probe = "import sys; print('%d.%d' % sys.version_info[:2], sys._base_executable)"
+    for candidate in candidates:
+        if not candidate:
             continue
-        probe = subprocess.run([candidate, "-c", "import sys; print('%d.%d' % "
-                                "sys.version_info[:2])"], capture_output=True, text=True)
-        if probe.returncode == 0 and probe.stdout.strip() == version:
-            return candidate
+        out = subprocess.run([candidate, "-c", probe], capture_output=True, text=True)
+        found = out.stdout.split()
+        if out.returncode == 0 and len(found) == 2 and found[0] == version:
+            return found[1]
     return None
 
 
@@ -212,7 +292,11 @@ def _check_zip(path: Path, report: bundle.BundleReport) -> None:
     names = [i.filename for i in infos]
     assert names == sorted(names)
     assert "lambda_sep/handler.py" in names and "lambda_sep/__init__.py" in names
-    assert "lambda_sep/bundle.py" not in names and "lambda_sep/deploy.py" not in names
+    # The function's package whole, and nothing else of this repository.
+    package = Path(lambda_sep.__file__).parent
+    assert {n for n in names if n.startswith("lambda_sep/")} == {
+        f"lambda_sep/{p.relative_to(package).as_posix()}" for p in package.rglob("*.py")}
+    assert not [n for n in names if n.split("/")[0] in ("daemon", "state", "standin")]
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".pyi", ".h"))]
     assert not [n for n in names if n.startswith("bin/") or n.endswith(".dist-info/RECORD")]
     tests = [n for n in names if "/tests/" in n]
@@ -284,8 +368,11 @@ def test_bundle_for_the_runtime_python(tmp_path: Path, flt_archive: Archive) -> 
     arch = machine_arch()
     python = _isolated_python("3.12")
     wheelhouse = lambda_wheelhouse("3.12", arch)
-    if python is None or wheelhouse is None:
-        pytest.skip("needs a python3.12 and the 3.12 wheelhouse ./dev fetches "
+    if python is None:
+        pytest.skip("needs a Python 3.12 interpreter: none is on PATH (python3.12) or "
+                    "installed by pyenv")
+    if wheelhouse is None:
+        pytest.skip("needs the Python 3.12 wheelhouse ./dev fetches "
                     f"(.venv/wheelhouse/py3.12-{arch})")
     report = build_bundle(tmp_path / "py312.zip", python_version="3.12", architecture=arch,
                           wheelhouse=wheelhouse, compresslevel=1)

@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner
 from lambda_helpers import tiny_bundle
 
+from daemon import lambda_deploy as dep
 from daemon.cli import main
 from daemon.config import config_from_dict, handler_env
 from daemon.lambda_cli import function_spec
-from lambda_sep import deploy as dep
-from lambda_sep.deploy import DeployError, FunctionSpec, deploy
+from daemon.lambda_deploy import DeployError, FunctionSpec, deploy
 
 
 def _spec(role_arn: str, name: str | None = None, **changes: object) -> FunctionSpec:

@@ -14,10 +14,10 @@ from lambda_helpers import FUNCTION, tiny_bundle
 from daemon.config import config_from_dict
 from daemon.dispatch import dispatch
 from daemon.executors import Executor, Submitted
+from daemon.lambda_deploy import FunctionSpec, deploy
 from daemon.lambda_invoke import LambdaExecutor
 from daemon.service import make_executor
-from daemon.standin.awslambda import LambdaStandIn
-from lambda_sep.deploy import FunctionSpec, deploy
+from standin.awslambda import LambdaStandIn
 from state.store import Discovered, StateStore
 
 

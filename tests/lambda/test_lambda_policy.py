@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from lambda_helpers import Archive
 
 from daemon.cli import main
-from lambda_sep.deploy import daemon_policy, execution_role_policy, trust_policy
+from daemon.lambda_deploy import daemon_policy, execution_role_policy, trust_policy
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"

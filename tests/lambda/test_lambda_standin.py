@@ -21,7 +21,7 @@ import pytest
 from astropy.io import fits
 from lambda_helpers import FUNCTION, REPO, Archive
 
-from daemon.standin.awslambda import LambdaStandIn
+from standin.awslambda import LambdaStandIn
 
 
 def _client(url: str | None = None, attempts: int = 1) -> Any:
@@ -143,7 +143,7 @@ def test_dropped_connection_is_seen_by_the_client(standin: LambdaStandIn) -> Non
 
 
 def test_command_line_no_run(standin_env: None) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.standin.awslambda", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "standin.awslambda", "--port", "0",
                              "--no-run"], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ})
     try:

@@ -13,11 +13,12 @@ import boto3
 import numpy as np
 import pytest
 
-from daemon.standin.flt import archive_key, make_drz, make_flt, make_noise_flt
+from lambda_sep.contract import archive_key
 from lambda_sep.extract import Extraction, extract
 from lambda_sep.fitsread import Image, read_image
 from lambda_sep.params import SepParams
 from lambda_sep.storage import FileStore, open_store
+from standin.flt import make_drz, make_noise_flt, synthesize_flt
 
 OBS_ID = "icxe15wwq"
 KEY = archive_key(OBS_ID)
@@ -62,8 +63,8 @@ def exposures(data_dir: Path) -> list[Exposure]:
     out = []
     for i, seed in enumerate(SEEDS):
         obs_id = f"icxe15w{i}q"
-        data, truth, model = make_flt(obs_id, seed=seed, return_model=True)
-        out.append(_exposure(data_dir / "sci", obs_id, data, truth, model=model))
+        flt = synthesize_flt(obs_id, seed=seed)
+        out.append(_exposure(data_dir / "sci", obs_id, flt.data, flt.truth, model=flt.model))
     return out
 
 

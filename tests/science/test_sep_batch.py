@@ -10,10 +10,10 @@ import boto3
 import pytest
 from astropy.io import fits
 
-from daemon.standin.flt import archive_key, make_broken_flt
 from lambda_sep import storage
-from lambda_sep.batch import MAX_BATCH, BatchError, exposures, make_batch
+from lambda_sep.contract import MAX_BATCH, BatchError, archive_key, exposures, make_batch
 from lambda_sep.handler import handler
+from standin.flt import make_broken_flt
 
 
 def _item(obs_id: str, bucket: str, attempt: int = 1) -> dict[str, Any]:

@@ -20,11 +20,11 @@ import sep
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from daemon.standin.flt import DQ, FILTERS, make_broken_flt, make_flt
 from lambda_sep.extract import FLAG_CIRCULAR, extract, gaussian_kernel, zeropoint
 from lambda_sep.fitsread import ImageError, read_image
 from lambda_sep.params import DEFAULT_DQ_MASK, SepParams
 from lambda_sep.storage import open_store
+from standin.flt import DQ, FILTERS, make_broken_flt, make_flt
 
 MATCH_RADIUS = 1.5  # px
 

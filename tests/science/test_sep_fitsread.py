@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from daemon.standin.flt import BROKEN_KINDS, make_broken_flt, make_flt
 from lambda_sep.fitsread import BLOCK, ImageError, read_image
 from lambda_sep.storage import FileStore, open_store
+from standin.flt import BROKEN_KINDS, make_broken_flt, make_flt
 
 
 class RecordingStore(FileStore):

@@ -17,11 +17,12 @@ import pytest
 from astropy.io import fits
 
 import lambda_sep.handler as handler_mod
-from daemon.standin.flt import BROKEN_KINDS, archive_key, make_broken_flt
 from lambda_sep import __version__, storage
 from lambda_sep.catalog import RUN_SPECIFIC_KEYWORDS
+from lambda_sep.contract import archive_key
 from lambda_sep.handler import handler
 from lambda_sep.storage import FileStore, StorageError
+from standin.flt import BROKEN_KINDS, make_broken_flt
 
 MARKER_FIELDS = {"obs_id", "key", "attempt", "reason", "exception", "retryable", "at",
                  "mastmirror_version", "missing"}

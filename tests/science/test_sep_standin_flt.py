@@ -1,4 +1,4 @@
-"""The synthetic WFC3/IR FLT generator (daemon.standin.flt)."""
+"""The synthetic WFC3/IR FLT generator (standin.flt)."""
 
 from __future__ import annotations
 
@@ -11,21 +11,16 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from daemon.standin.flt import (
+from standin.flt import (
     BROKEN_KINDS,
     DQ,
     FILTERS,
     TRUTH_DTYPE,
-    archive_key,
     make_broken_flt,
     make_drz,
     make_flt,
+    synthesize_flt,
 )
-
-
-def test_archive_key() -> None:
-    assert archive_key("icxe15wwq") == "hst/public/icxe/icxe15wwq/icxe15wwq_flt.fits"
-    assert archive_key("icxe15010", "drz") == "hst/public/icxe/icxe15010/icxe15010_drz.fits"
 
 
 def test_deterministic_per_seed(exposure) -> None:
@@ -96,8 +91,9 @@ def test_detector_defects(exposure) -> None:
 
 def test_saturated_cores_keep_their_values() -> None:
     """Stars past full well are flagged 256 with fewer SAMP reads, their values intact."""
-    data, _truth, model = make_flt("icxe15wwq", seed=4, n_stars=20, n_galaxies=0,
-                                  snr_range=(1000, 3000), return_model=True)
+    flt = synthesize_flt("icxe15wwq", seed=4, n_stars=20, n_galaxies=0,
+                         snr_range=(1000, 3000))
+    data, model = flt.data, flt.model
     with fits.open(io.BytesIO(data)) as hdul:
         dq = hdul["DQ"].data.astype(np.int64)
         samp, sci, time_ = hdul["SAMP"].data, hdul["SCI"].data, hdul["TIME"].data

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from astroquery.mast import ObservationsClass
 
-from daemon.standin.archive import Archive
-from daemon.standin.mast import MastStandin
+from standin.archive import Archive
+from standin.mast import MastStandin
 
 #: The archive most tests use: small, but with several programs, associations and
 #: singletons spread over the whole release range.

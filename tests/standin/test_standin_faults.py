@@ -15,8 +15,8 @@ from astroquery.mast import ObservationsClass
 from astroquery.mast.discovery_portal import PortalAPI
 from requests.adapters import HTTPAdapter
 
-from daemon.standin.archive import Archive
-from daemon.standin.mast import FAULT_KINDS, MastStandin
+from standin.archive import Archive
+from standin.mast import FAULT_KINDS, MastStandin
 
 WFC3IR = {"obs_collection": "HST", "instrument_name": "WFC3/IR"}
 WINDOW = [55000.0, 58000.0]

@@ -17,8 +17,9 @@ import pytest
 from astroquery.exceptions import RemoteServiceError
 from astroquery.mast import ObservationsClass
 
-from daemon.standin.archive import Archive, flt_key
-from daemon.standin.mast import MastStandin
+from lambda_sep.contract import archive_key
+from standin.archive import Archive
+from standin.mast import MastStandin
 
 REPO = Path(__file__).resolve().parents[2]
 WFC3IR = {"obs_collection": "HST", "instrument_name": "WFC3/IR"}
@@ -119,7 +120,7 @@ def test_products_and_flt_filter_yield_the_right_keys(
     # (and vice versa): compare on the exposures the window itself lists.
     assert expected <= datasets
     assert datasets - expected <= {e.dataset for e in archive.exposures()}
-    keys = {flt_key(d) for d in datasets}
+    keys = {archive_key(d) for d in datasets}
     assert keys <= {k for _, k in archive.flt_keys()}
     assert set(flt["productType"]) == {"SCIENCE"}
     assert all(u == f"mast:HST/product/{n}" for u, n in zip(flt["dataURI"], names, strict=True))
@@ -284,7 +285,7 @@ def test_cli_serves_until_sigterm(
     point_at: Callable[[ObservationsClass, str], ObservationsClass],
 ) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon.standin.mast", "--exposures", "300", "--seed", "5",
+        [sys.executable, "-m", "standin.mast", "--exposures", "300", "--seed", "5",
          "--port", "0"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from astroquery.mast import ObservationsClass
 
-from daemon.standin.archive import Archive, flt_key
-from daemon.standin.mast import MastStandin
+from lambda_sep.contract import archive_key
+from standin.archive import Archive
+from standin.mast import MastStandin
 
 N = 20_000
 
@@ -44,7 +45,7 @@ def test_backfill_of_20k_exposures_in_monthly_windows(
         products = obs.get_product_list(list(obsids[i:i + 1000]))
         flt = obs.filter_products(products, productSubGroupDescription="FLT")
         n_flt_rows += len(flt)
-        keys.update(flt_key(name.removesuffix("_flt.fits")) for name in flt["productFilename"])
+        keys.update(archive_key(name.removesuffix("_flt.fits")) for name in flt["productFilename"])
     elapsed = time.perf_counter() - t0
 
     assert keys == {k for _, k in archive.flt_keys()}

@@ -3,7 +3,7 @@
 Every Lambda, IAM-shaped and CloudWatch Logs call made for deployment lives here (the
 daemon's invocations live in ``daemon.lambda_invoke``). This module takes plain values, not
 the daemon's configuration: ``daemon.lambda_cli`` builds a ``FunctionSpec`` from
-``config.toml``, so ``lambda_sep`` keeps importing nothing from ``daemon``.
+``config.toml``.
 
 Endpoints and credentials come from the standard AWS configuration (environment, profile,
 role; ``AWS_ENDPOINT_URL`` points at a local server in tests), never from ``config.toml``.
@@ -24,24 +24,24 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from lambda_sep.params import LOG_RETENTION_DAYS
+from daemon.config import LOG_RETENTION_DAYS
+from daemon.lambda_bundle import DIRECT_UPLOAD_LIMIT
+from lambda_sep.contract import ARCHIVE_PREFIX  # the function reads nothing else of the archive
 
 HANDLER = "lambda_sep.handler.handler"
 ENTRY_FILE = "lambda_sep/handler.py"
-# A zip larger than this cannot go in the CreateFunction/UpdateFunctionCode request itself.
-DIRECT_UPLOAD_LIMIT = 50 * 1024 * 1024
-# CloudWatch Logs accepts only these retention periods (days).
 # A role created moments before may not be assumable by Lambda yet: keep trying this long.
 ROLE_PROPAGATION_S = 60.0
 ROLE_RETRY_S = 3.0
-# The archive's public HST data lives under this prefix of its bucket; the function reads
-# nothing else of it.
-ARCHIVE_PREFIX = "hst/public/"
 
 # Deployment calls are few and may hit "update in progress" conflicts or control-plane
 # throttling; botocore's standard mode retries those with backoff.
 _CLIENT_CONFIG = botocore.config.Config(retries={"mode": "standard", "max_attempts": 6},
                                         connect_timeout=10, read_timeout=120)
+
+
+#: What botocore raises when AWS refuses a call (after its own retries) or cannot be reached.
+AWS_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
 
 
 class DeployError(Exception):
@@ -111,6 +111,12 @@ def arn_region_account(name_or_arn: str) -> tuple[str | None, str | None]:
         return None, None
     parts = name_or_arn.split(":")
     return parts[3], parts[4]
+
+
+def configured_region() -> str | None:
+    """The region the standard AWS configuration names (environment, profile); no request."""
+    region: str | None = boto3.session.Session().region_name
+    return region
 
 
 def s3_location(url: str) -> tuple[str, str] | None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -42,11 +43,12 @@ __all__ = [
     "FILTERS",
     "TRUTH_DTYPE",
     "FilterInfo",
-    "archive_key",
+    "SyntheticFlt",
     "make_broken_flt",
     "make_drz",
     "make_flt",
     "make_noise_flt",
+    "synthesize_flt",
 ]
 
 SHAPE = (1014, 1014)
@@ -136,11 +138,6 @@ _READ_NOISE = 14.0  # e-, effective for a 16-read up-the-ramp fit
 _DARK = 0.05  # e-/s/px
 _FULL_WELL = 78000.0  # e-: calwf3 flags 256 and fits the unsaturated reads
 _NSAMP = 16
-
-
-def archive_key(obs_id: str, suffix: str = "flt") -> str:
-    """The key of a product in the public HST bucket: ``hst/public/<4>/<obs>/<obs>_<sfx>.fits``."""
-    return f"hst/public/{obs_id[:4]}/{obs_id}/{obs_id}_{suffix}.fits"
 
 
 # --------------------------------------------------------------------------------------
@@ -415,7 +412,6 @@ def _flux_for_snr(snr: float, frac: float, npix: float, var_bg: float, exptime: 
 
 
 def _render(
-    obs_id: str,
     seed: int,
     *,
     n_stars: int,
@@ -584,7 +580,7 @@ def _assemble_flt(obs_id: str, r: dict, *, sci: np.ndarray | None = None,
     units = {"SCI": "ELECTRONS/S", "ERR": "ELECTRONS/S", "DQ": "UNITLESS", "SAMP": "SAMPLES",
              "TIME": "SECONDS"}
     for name in include:
-        extra = dict(common)
+        extra: dict[str, Any] = dict(common)
         if name == "SCI":
             data = arrays[name]
             finite = data[np.isfinite(data)]
@@ -605,7 +601,17 @@ def _assemble_flt(obs_id: str, r: dict, *, sci: np.ndarray | None = None,
     return b"".join(parts)
 
 
-def make_flt(
+@dataclass(frozen=True)
+class SyntheticFlt:
+    """A synthetic exposure: its FITS bytes, the truth, and the noiseless source model (e-/s,
+    no sky) for aperture-matched truth comparisons."""
+
+    data: bytes
+    truth: np.ndarray
+    model: np.ndarray
+
+
+def synthesize_flt(
     obs_id: str = "icxe15wwq",
     *,
     seed: int = 0,
@@ -619,25 +625,26 @@ def make_flt(
     shape: tuple[int, int] = SHAPE,
     defects: bool = True,
     min_sep: float = 10.0,
-    return_model: bool = False,
-) -> tuple[bytes, np.ndarray] | tuple[bytes, np.ndarray, np.ndarray]:
-    """A synthetic WFC3/IR FLT: (FITS bytes, truth) or, with ``return_model``, also the
-    noiseless source model (e-/s, no sky) for aperture-matched truth comparisons.
+) -> SyntheticFlt:
+    """A synthetic WFC3/IR FLT, its truth and its source model.
 
     The truth is a structured array of ``TRUTH_DTYPE`` with 1-based x, y (FITS and
     SExtractor convention), ra/dec from the file's own WCS, total flux in e-/s and AB mag,
     and the S/N in the reference aperture described in the module docstring.
     """
-    r, truth = _render(obs_id, seed, n_stars=n_stars, n_galaxies=n_galaxies, filt=filter,
+    r, truth = _render(seed, n_stars=n_stars, n_galaxies=n_galaxies, filt=filter,
                        exptime=exptime, sky=sky, sky_gradient=sky_gradient,
                        snr_range=snr_range, shape=shape, defects=defects, min_sep=min_sep)
-    data = _assemble_flt(obs_id, r)
-    if return_model:
-        return data, truth, r["model"]
-    return data, truth
+    return SyntheticFlt(_assemble_flt(obs_id, r), truth, r["model"])
 
 
-def make_noise_flt(obs_id: str = "icxe15wwq", *, seed: int = 0, **kwargs) -> bytes:
+def make_flt(obs_id: str = "icxe15wwq", **options: Any) -> tuple[bytes, np.ndarray]:
+    """(FITS bytes, truth) of ``synthesize_flt(obs_id, **options)``."""
+    flt = synthesize_flt(obs_id, **options)
+    return flt.data, flt.truth
+
+
+def make_noise_flt(obs_id: str = "icxe15wwq", *, seed: int = 0, **kwargs: Any) -> bytes:
     """A source-free exposure: sky, gradient, noise and detector defects only."""
     data, _ = make_flt(obs_id, seed=seed, n_stars=0, n_galaxies=0, **kwargs)
     return data
@@ -652,7 +659,7 @@ def make_drz(obs_id: str = "icxe15010", *, seed: int = 0, n_stars: int = 120,
     is plain TAN here); WHT is the effective exposure time per pixel, as AstroDrizzle's
     default ``final_wht_type = EXP`` writes it, with a strip of zero weight at one edge.
     """
-    r, truth = _render(obs_id, seed, n_stars=n_stars, n_galaxies=n_galaxies, filt=filter,
+    r, truth = _render(seed, n_stars=n_stars, n_galaxies=n_galaxies, filt=filter,
                        exptime=exptime, sky=None, sky_gradient=0.0, snr_range=(3.0, 500.0),
                        shape=SHAPE, defects=False, min_sep=10.0)
     wcs = fits.Header([c for c in r["wcs"].cards if c.keyword[:2] not in ("A_", "B_")])
@@ -693,20 +700,20 @@ def make_broken_flt(kind: str, obs_id: str = "icxe15wwq", *, seed: int = 0) -> b
         return b""
     if kind == "not-fits":
         return np.random.default_rng(seed).bytes(3 * BLOCK)
-    r, _ = _render(obs_id, seed, n_stars=20, n_galaxies=20, filt="F160W", exptime=1302.93,
+    r, _ = _render(seed, n_stars=20, n_galaxies=20, filt="F160W", exptime=1302.93,
                    sky=None, sky_gradient=0.05, snr_range=(5.0, 200.0), shape=SHAPE,
                    defects=True, min_sep=10.0)
     if kind == "truncated":
         good = _assemble_flt(obs_id, r)
         return good[: len(good) // 3]
     if kind == "corrupt-header":
-        good = bytearray(_assemble_flt(obs_id, r))
+        spoilt = bytearray(_assemble_flt(obs_id, r))
         # Find the SCI header (the second HDU) and overwrite its last cards and END.
-        start = good.index(b"XTENSION= 'IMAGE   '")
-        end = good.index(b"END" + b" " * 77, start)
+        start = spoilt.index(b"XTENSION= 'IMAGE   '")
+        end = spoilt.index(b"END" + b" " * 77, start)
         junk = np.random.default_rng(seed).bytes(240 + 80)
-        good[end - 240 : end + 80] = junk
-        return bytes(good)
+        spoilt[end - 240 : end + 80] = junk
+        return bytes(spoilt)
     if kind == "no-sci":
         return _assemble_flt(obs_id, r, include=("ERR", "DQ", "SAMP", "TIME"))
     if kind == "all-nan":

@@ -19,7 +19,7 @@ JSON, an HTML error page, a dropped connection, an empty page in a paged answer,
 
 Run it in its own process for benchmarks::
 
-    python -m daemon.standin.mast --exposures 150000 --seed 1 --port 0
+    python -m standin.mast --exposures 150000 --seed 1 --port 0
 
 prints its URL on the first stdout line and serves until SIGTERM/SIGINT. A small
 control API (``/standin/...``) lets another process release exposures, arm faults and
@@ -45,8 +45,8 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from daemon.standin.archive import Archive, FilterError, _data
-from daemon.standin.loopback import LoopbackHTTPServer
+from standin.archive import Archive, FilterError, _data
+from standin.loopback import LoopbackHTTPServer
 
 __all__ = ["FAULT_KINDS", "Fault", "FaultInjector", "MastStandin", "RequestRecord", "main"]
 
@@ -412,6 +412,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "MastStandin/1"
     timeout = 60  # idle keep-alive connections end after a minute
     server: _Server
+    _headers_buffer: list[bytes]  # BaseHTTPRequestHandler's own, written to directly below
 
     def setup(self) -> None:
         super().setup()
@@ -696,8 +697,8 @@ def _short(params: Any) -> Any:
 
 # --------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    """``python -m daemon.standin.mast``: serve a synthetic archive until SIGTERM/SIGINT."""
-    p = argparse.ArgumentParser(prog="python -m daemon.standin.mast", description=__doc__.split(
+    """``python -m standin.mast``: serve a synthetic archive until SIGTERM/SIGINT."""
+    p = argparse.ArgumentParser(prog="python -m standin.mast", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--exposures", type=int, default=1000, help="number of exposures")
     p.add_argument("--seed", type=int, default=1)

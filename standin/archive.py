@@ -1,6 +1,6 @@
 """A synthetic, deterministic model of the HST WFC3/IR archive as MAST serves it.
 
-The model is what `daemon.standin.mast` serves to astroquery. It knows:
+The model is what `standin.mast` serves to astroquery. It knows:
 
 * **observations** the way MAST's CAOM tables list them: one row per exposure
   (``icxe15wwq``: ``i`` + 3-character program + 2-character visit + 2-character
@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from lambda_sep.contract import archive_key
+
 __all__ = [
     "BAD_KINDS",
     "WFC3IR_FIRST_MJD",
@@ -52,7 +54,6 @@ __all__ = [
     "ObservationSelection",
     "PlantedEntry",
     "ProductSelection",
-    "flt_key",
     "mjd_now",
 ]
 
@@ -164,24 +165,14 @@ def mjd_now() -> float:
     return time.time() / 86400.0 + 40587.0
 
 
-def flt_key(dataset: str) -> str:
-    """Return the ``stpubdata`` key of a dataset's FLT file.
-
-    ``hst/public/<first 4 of dataset>/<dataset>/<dataset>_flt.fits``, all lower case,
-    as the HST public dataset on AWS lays them out.
-    """
-    d = dataset.lower()
-    return f"hst/public/{d[:4]}/{d}/{d}_flt.fits"
-
-
 class FilterError(ValueError):
     """A filter set the stand-in cannot evaluate (MAST answers these with ``ERROR``)."""
 
 
 @cache
 def _data(name: str) -> Any:
-    """Load one JSON template from ``daemon/standin/data``."""
-    return json.loads(resources.files("daemon.standin").joinpath("data", name).read_text())
+    """Load one JSON template from ``standin/data``."""
+    return json.loads(resources.files("standin").joinpath("data", name).read_text())
 
 
 @dataclass(frozen=True)
@@ -566,7 +557,7 @@ class Archive:
             release=float(s.release[oid]),
             filter=str(_FILTER_NAMES[s.filt[oid]]),
             association=self._obs_id[parent] if parent >= 0 else None,
-            key=flt_key(stem),
+            key=archive_key(stem),
         )
 
     def _range(self, s: _Snap, lo: float | None, hi: float | None) -> np.ndarray:
@@ -602,7 +593,7 @@ class Archive:
             if oid in self._planted and not include_planted:
                 continue
             stem = self._stem[oid]
-            yield stem, flt_key(stem)
+            yield stem, archive_key(stem)
 
     # ------------------------------------------------------------ MAST queries
     def select_observations(self, filters: Sequence[dict[str, Any]]) -> ObservationSelection:

@@ -21,11 +21,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from daemon.mjd import mjd
-from daemon.standin.archive import Archive, Exposure
+from standin.archive import Archive, Exposure
 
 _AWS = {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo",
         "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
@@ -41,28 +42,35 @@ class DemoResult:
 
     workdir: Path
     config_path: Path
-    status: dict[str, object]
+    status: dict[str, Any]
     preview: Path | None
     seconds: float
 
 
 def _flt(exposure: Exposure) -> bytes:
-    from daemon.standin.flt import make_flt
+    from standin.flt import make_flt
 
     seed = int.from_bytes(exposure.dataset.encode(), "little") % (2**31)
     return make_flt(exposure.dataset, seed=seed)[0]
 
 
+def _moto_server() -> Any:
+    """moto's threaded server class; DemoError when the demo extra is not installed."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        raise DemoError("the demo needs moto, which the demo extra installs: "
+                        "pip install 'mastmirror[demo]'") from None
+    return ThreadedMotoServer
+
+
 @contextlib.contextmanager
 def moto_s3() -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 for as long as the block runs; yields its endpoint URL."""
-    try:
-        from moto.server import ThreadedMotoServer
-    except ImportError:  # pragma: no cover - the demo extra is missing
-        raise DemoError("the demo needs moto: pip install 'mastmirror[demo]'") from None
+    server_class = _moto_server()
     # werkzeug logs every request to stderr unless told otherwise; nobody here wants that.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = server_class(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
         host, port = server.get_host_and_port()
@@ -118,8 +126,8 @@ def offline_archive(exposures: int, *, days: float = 120.0, seed: int = 2018
 
     The bucket starts empty: upload what MAST should be able to serve.
     """
-    from daemon.standin.mast import MastStandin
     from lambda_sep.storage import s3_client
+    from standin.mast import MastStandin
 
     now = mjd(time.time())
     archive = Archive(exposures, seed=seed, start_mjd=now - days, end_mjd=now - 1.0)
@@ -171,15 +179,15 @@ format = "json"
     return path
 
 
-def _status(config_path: Path) -> dict[str, object]:
-    from daemon.cli import status_document
+def _status(config_path: Path) -> dict[str, Any]:
     from daemon.configfile import state_path
+    from daemon.status import status_document
 
     return status_document(state_path(config_path))
 
 
 def _wait_for(config_path: Path, done: int, timeout_s: float, daemon: subprocess.Popen[bytes],
-              show: Callable[[dict[str, object]], None]) -> dict[str, object]:
+              show: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while True:
         if daemon.poll() is not None:
@@ -204,6 +212,7 @@ def run_demo(workdir: Path, *, exposures: int = 24, release: int = 8,
 
     from daemon.preview import preview
 
+    _moto_server()  # before anything is made
     con = console or Console(stderr=True)
     started = time.monotonic()
     workdir = workdir.resolve()
@@ -261,7 +270,7 @@ def run_demo(workdir: Path, *, exposures: int = 24, release: int = 8,
     return DemoResult(workdir, config_path, doc, png, time.monotonic() - started)
 
 
-def _show(bar: object, task: object, doc: dict[str, object]) -> None:
+def _show(bar: object, task: object, doc: dict[str, Any]) -> None:
     counts = doc["datasets"]
     assert isinstance(counts, dict)
     bar.update(task, completed=counts["done"] + counts["failed"],  # type: ignore[attr-defined]

@@ -1,14 +1,16 @@
 """``mastmirror lambda build``: the deployment zip for the Lambda Python runtime.
 
 The zip holds the function's runtime dependencies as manylinux wheels chosen by pip's
-``--platform``/``--python-version`` options (no Docker, no compiler: every dependency ships
-binary wheels), pinned to the repository's universal lock file with its hashes, plus the
-``lambda_sep`` package itself. What no invocation needs is stripped (tests, caches, headers,
-stubs, console scripts, install records), and the archive is deterministic: the same wheels
-and sources give the same bytes, so a rebuild that changes nothing deploys nothing new.
+``--platform``/``--python-version`` options (``pip download``, then unpacked here; no Docker,
+no compiler: every dependency ships binary wheels), pinned to the repository's universal
+lock file with its hashes, plus the ``lambda_sep`` package itself. What no invocation needs
+is stripped (tests, caches, headers, stubs, console scripts, install records), and the
+archive is deterministic: the same wheels and sources give the same bytes, so a rebuild that
+changes nothing deploys nothing new.
 
-Only the standard library, ``packaging`` and pip (run as ``python -m pip``) are used here;
-this module is a build tool and is left out of the bundle.
+Only the standard library, ``packaging`` and pip (run as ``python -m pip``) are used here.
+This build tool lives on the daemon's side, so the bundle takes the ``lambda_sep`` package
+whole: everything in it is function code.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from packaging.markers import Marker
 from packaging.utils import canonicalize_name
+
+import lambda_sep
 
 # Lambda's documented quotas: the unzipped function (code and layers) may be at most 250 MB
 # (262,144,000 bytes); a zip uploaded directly in the API call at most 50 MB, beyond which it
@@ -46,9 +50,6 @@ SDK_ROOTS = ("boto3",)
 # ones by itself (it only does so for manylinux2014/2010), so every one is listed.
 RUNTIME_GLIBC = (2, 34)
 OLDEST_GLIBC_MINOR = 17
-
-# Parts of the lambda_sep package that are build-time tools, not function code.
-BUILD_ONLY_MODULES = frozenset({"bundle.py", "deploy.py"})
 
 # Fixed timestamp of every zip entry (the zip epoch), so builds are byte-for-byte repeatable.
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -226,25 +227,56 @@ def _run_pip(args: list[str], requirements: Sequence[Pin], *, require_hashes: bo
 def install_wheels(requirements: Sequence[Pin], target: Path, *, python_version: str,
                    architecture: str, wheelhouse: Path | None = None,
                    require_hashes: bool = True) -> None:
-    """``pip install --target`` the pinned wheels for the runtime (not for this machine)."""
-    with tempfile.TemporaryDirectory(prefix="mastmirror-pip-") as work:
-        _run_pip(["install", "--target", str(target), "--no-compile",
-                  "--no-warn-script-location", "--ignore-installed",
-                  *_pip_args(python_version, architecture, wheelhouse)],
-                 requirements, require_hashes=require_hashes, work=Path(work),
-                 what=f"install the wheels for Python {python_version} on {architecture}")
+    """Put the pinned wheels for the runtime (not for this machine) into ``target``.
+
+    pip downloads them (choosing by the runtime's tags, checking the lock's hashes) and each
+    is unpacked as an installer lays it out. Not ``pip install --target``: before pip 23.3
+    its resolver checked each wheel's Requires-Python against the interpreter running pip,
+    not ``--python-version`` (pypa/pip#12216), so the pip 23.2 of a stock Python 3.11 venv
+    refused numpy for 3.12; ``pip download`` has honoured ``--python-version`` far longer.
+    """
+    with tempfile.TemporaryDirectory(prefix="mastmirror-wheels-") as tmp:
+        for wheel in download_wheels(requirements, Path(tmp), python_version=python_version,
+                                     architecture=architecture, wheelhouse=wheelhouse,
+                                     require_hashes=require_hashes):
+            unpack_wheel(wheel, target)
 
 
 def download_wheels(requirements: Sequence[Pin], dest: Path, *, python_version: str,
-                    architecture: str, require_hashes: bool = True) -> list[Path]:
-    """``pip download`` the pinned wheels into ``dest`` (a wheelhouse for offline builds)."""
+                    architecture: str, wheelhouse: Path | None = None,
+                    require_hashes: bool = True) -> list[Path]:
+    """``pip download`` the pinned wheels into ``dest`` (from ``wheelhouse`` alone, if given);
+    the wheels in ``dest`` afterwards."""
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mastmirror-pip-") as work:
         _run_pip(["download", "--dest", str(dest),
-                  *_pip_args(python_version, architecture, None)],
+                  *_pip_args(python_version, architecture, wheelhouse)],
                  requirements, require_hashes=require_hashes, work=Path(work),
-                 what=f"download the wheels for Python {python_version} on {architecture}")
+                 what=f"get the wheels for Python {python_version} on {architecture}")
     return sorted(dest.glob("*.whl"))
+
+
+def unpack_wheel(wheel: Path, target: Path) -> None:
+    """Install one wheel into ``target`` as ``pip install --target`` would lay it out: its
+    files at the root, with ``<name>.data/purelib`` and ``platlib`` merged in. The rest of
+    ``.data`` (scripts, headers, data files) belongs outside site-packages, which a bundle
+    does not have, and is left out; so is bytecode, which nothing here compiles."""
+    with zipfile.ZipFile(wheel) as zf:
+        for info in zf.infolist():
+            name = info.filename
+            parts = PurePosixPath(name).parts
+            if name.startswith("/") or "\\" in name or ".." in parts:
+                raise BundleError(f"{wheel.name} holds a path outside the bundle: {name!r}")
+            if info.is_dir():
+                continue
+            if parts[0].endswith(".data"):
+                if len(parts) < 3 or parts[1] not in ("purelib", "platlib"):
+                    continue
+                parts = parts[2:]
+            dest = target.joinpath(*parts)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, dest.open("wb") as out:
+                shutil.copyfileobj(src, out)
 
 
 # -- the tree ------------------------------------------------------------------------------
@@ -292,7 +324,7 @@ def mastmirror_version() -> str:
 
 
 def add_function_code(root: Path, package_dir: Path, version: str) -> list[str]:
-    """Copy the ``lambda_sep`` package (minus build tools) and a minimal dist-info.
+    """Copy the ``lambda_sep`` package and a minimal dist-info.
 
     The dist-info lets ``importlib.metadata.version("mastmirror")`` answer inside Lambda, so
     catalogs record the real version rather than ``0+unknown``.
@@ -302,8 +334,6 @@ def add_function_code(root: Path, package_dir: Path, version: str) -> list[str]:
     for src in sorted(package_dir.rglob("*")):
         rel = src.relative_to(package_dir)
         if src.is_dir() or "__pycache__" in rel.parts or src.suffix in (".pyc", ".pyo"):
-            continue
-        if len(rel.parts) == 1 and rel.name in BUILD_ONLY_MODULES:
             continue
         out = dest_pkg / rel
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -370,15 +400,17 @@ def runtime_python_version(runtime: str) -> str:
     return m.group(1)
 
 
-def find_lock(start: Path | None = None) -> Path:
-    """The repository's ``requirements.lock`` (next to pyproject.toml above this package)."""
-    here = (start or Path(__file__)).resolve()
-    for parent in [here, *here.parents]:
-        candidate = parent / "requirements.lock"
+def find_lock() -> Path:
+    """The repository's ``requirements.lock``: next to pyproject.toml above this package (a
+    checkout or an editable install), else in the current directory (a package installed
+    from a checkout, as the README's service recipe does, run from that checkout)."""
+    for folder in [*Path(__file__).resolve().parents, Path.cwd()]:
+        candidate = folder / "requirements.lock"
         if candidate.is_file():
             return candidate
-    raise BundleError("requirements.lock not found above lambda_sep/; pass the lock file "
-                      "explicitly")
+    raise BundleError("requirements.lock is neither above the installed daemon package nor "
+                      "in the current directory: run from the mastmirror checkout, or pass "
+                      "--lock PATH")
 
 
 def build_bundle(output: Path, *, python_version: str, architecture: str,
@@ -405,7 +437,7 @@ def build_bundle(output: Path, *, python_version: str, architecture: str,
     pins = bundle_pins(parse_lock(lock.read_text(encoding="utf-8")),
                        python_version=python_version, architecture=architecture,
                        include_boto3=include_boto3)
-    package_dir = package_dir or Path(__file__).resolve().parent
+    package_dir = package_dir or Path(lambda_sep.__file__).resolve().parent
     with tempfile.TemporaryDirectory(prefix="mastmirror-bundle-") as tmp:
         root = Path(tmp) / "bundle"
         root.mkdir()
@@ -465,11 +497,11 @@ def describe(report: BundleReport) -> Iterable[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lambda_sep.bundle download DIR``: fill ``DIR/py<X.Y>-<arch>`` with the
+    """``python -m daemon.lambda_bundle download DIR``: fill ``DIR/py<X.Y>-<arch>`` with the
     bundle's pinned wheels (set-up, needs no config)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m lambda_sep.bundle",
+    parser = argparse.ArgumentParser(prog="python -m daemon.lambda_bundle",
                                      description="Download the Lambda bundle's pinned wheels "
                                      "into a wheelhouse for offline `mastmirror lambda build`.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -488,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wheels = download_wheels(pins, dest, python_version=args.python_version,
                                  architecture=args.arch)
     except BundleError as exc:
-        print(f"lambda_sep.bundle: error: {exc}", file=sys.stderr)
+        print(f"daemon.lambda_bundle: error: {exc}", file=sys.stderr)
         return 1
     print(f"{len(wheels)} wheels in {dest}")
     return 0

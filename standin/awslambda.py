@@ -25,7 +25,7 @@ but the event never runs: the reconciler's timeout path).
 Counters (``stats()``, or ``GET /_standin/stats`` from another process) tell what was
 received, accepted, run, per obs_id. Faults can also be armed with ``POST /_standin/faults``.
 
-``python -m daemon.standin.awslambda --port 0 [--no-run]`` prints its URL first, then serves
+``python -m standin.awslambda --port 0 [--no-run]`` prints its URL first, then serves
 until SIGINT/SIGTERM.
 """
 
@@ -47,12 +47,20 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from daemon.executors import pool_worker_setup
-from lambda_sep.batch import BatchError, exposures
+from daemon.executors import LocalContext, pool_worker_setup
+from lambda_sep.contract import (
+    DEFAULT_ALLOWED_BUCKETS,
+    ENV_ALLOWED_BUCKETS,
+    ENV_ALLOWED_OUTPUTS,
+    BatchError,
+    exposures,
+    function_env,
+)
+from standin.loopback import LoopbackHTTPServer
 
 FAULTS = ("throttle", "500", "502", "503", "drop", "drop-accepted", "lose")
 INVOKE_PREFIX = "/2015-03-31/functions/"
@@ -68,22 +76,6 @@ class _Fault:
     kind: str
     remaining: int | None  # None: every matching request
     obs_id: str | None
-
-
-class _Context:
-    """The parts of Lambda's context object the handler uses."""
-
-    def __init__(self, request_id: str, function_name: str, timeout_s: float,
-                 memory_mb: int) -> None:
-        self.aws_request_id = request_id
-        self.function_name = function_name
-        self.memory_limit_in_mb = memory_mb
-        self.invoked_function_arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{function_name}"
-        self._deadline = time.monotonic() + timeout_s
-
-    def get_remaining_time_in_millis(self) -> int:
-        """Milliseconds until the function's timeout."""
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 HANDLER = "lambda_sep.handler:handler"
@@ -110,9 +102,8 @@ def _worker_init(env: Mapping[str, str], handler: str) -> None:
     _load(handler)
 
 
-def _run(handler: str, event: dict[str, Any], context: tuple[str, str, float, int]) -> Any:
-    # The context is made here: the function's clock starts when it runs, not when queued.
-    return _load(handler)(event, _Context(*context))
+def _run(handler: str, event: dict[str, Any], request_id: str) -> Any:
+    return _load(handler)(event, LocalContext(request_id))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -192,8 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.standin.handle_invoke(self, name, qualifier, body)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(LoopbackHTTPServer):
     # Many sending threads open their connections at once.
     request_queue_size = 256
     standin: LambdaStandIn
@@ -204,7 +194,7 @@ class LambdaStandIn:
 
     def __init__(self, function_name: str = "mastmirror-sep", *, workers: int = 2,
                  env: Mapping[str, str] | None = None, run: bool = True, port: int = 0,
-                 timeout_s: float = 60.0, memory_mb: int = 1024,
+                 timeout_s: float = 60.0,
                  handler: str = HANDLER) -> None:
         """``handler`` is ``module:function`` (the real one unless a test needs another)."""
         self.function_name = function_name
@@ -213,7 +203,6 @@ class LambdaStandIn:
         self.env = dict(env or {})
         self.run = run
         self.timeout_s = timeout_s
-        self.memory_mb = memory_mb
         self._port = port
         self._lock = threading.Lock()
         self._faults: list[_Fault] = []
@@ -234,8 +223,7 @@ class LambdaStandIn:
         """``http://127.0.0.1:PORT``."""
         if self._server is None:
             raise RuntimeError("the stand-in is not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._server.url
 
     def start(self) -> LambdaStandIn:
         """Bind 127.0.0.1, start the workers (unless ``run=False``) and serve."""
@@ -420,8 +408,7 @@ class LambdaStandIn:
                obs_ids: list[str]) -> cf.Future[dict[str, Any]] | None:
         if self._pool is None:
             return None  # --no-run: accepted and counted, nothing runs
-        fut = self._pool.submit(_run, self.handler, event, (
-            request_id, self.function_name, self.timeout_s, self.memory_mb))
+        fut = self._pool.submit(_run, self.handler, event, request_id)
         with self._lock:
             self._pending.add(fut)
 
@@ -454,17 +441,16 @@ class LambdaStandIn:
         try:
             result = fut.result(timeout=self.timeout_s)
         except cf.TimeoutError:
-            doc = {"errorMessage": f"Task timed out after {self.timeout_s:.2f} seconds"}
-            req._send(200, json.dumps(doc).encode(),
-                      {**headers, "X-Amz-Function-Error": "Unhandled"}, request_id)
-            return
+            error: dict[str, Any] = {
+                "errorMessage": f"Task timed out after {self.timeout_s:.2f} seconds"}
         except Exception as exc:
-            doc = {"errorMessage": str(exc), "errorType": type(exc).__name__,
-                   "stackTrace": traceback.format_exception_only(exc)}
-            req._send(200, json.dumps(doc).encode(),
-                      {**headers, "X-Amz-Function-Error": "Unhandled"}, request_id)
+            error = {"errorMessage": str(exc), "errorType": type(exc).__name__,
+                     "stackTrace": traceback.format_exception_only(exc)}
+        else:
+            req._send(200, json.dumps(result).encode(), headers, request_id)
             return
-        req._send(200, json.dumps(result).encode(), headers, request_id)
+        req._send(200, json.dumps(error).encode(),
+                  {**headers, "X-Amz-Function-Error": "Unhandled"}, request_id)
 
 
 @contextlib.contextmanager
@@ -479,7 +465,7 @@ def running(function_name: str = "mastmirror-sep", **kwargs: Any) -> Iterator[La
 
 def main(argv: list[str] | None = None) -> int:
     """Serve until SIGINT/SIGTERM; the first line printed is the URL."""
-    parser = argparse.ArgumentParser(prog="python -m daemon.standin.awslambda",
+    parser = argparse.ArgumentParser(prog="python -m standin.awslambda",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--function", default="mastmirror-sep")
@@ -487,12 +473,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-run", action="store_true",
                         help="accept invocations without running them (benchmarks)")
     parser.add_argument("--allowed-buckets", default=os.environ.get(
-        "MASTMIRROR_ALLOWED_BUCKETS", "stpubdata"))
-    parser.add_argument("--allowed-outputs", default=os.environ.get(
-        "MASTMIRROR_ALLOWED_OUTPUTS", ""))
+        ENV_ALLOWED_BUCKETS, DEFAULT_ALLOWED_BUCKETS))
+    parser.add_argument("--allowed-outputs", default=os.environ.get(ENV_ALLOWED_OUTPUTS, ""))
     args = parser.parse_args(argv)
-    env = {"MASTMIRROR_ALLOWED_BUCKETS": args.allowed_buckets,
-           "MASTMIRROR_ALLOWED_OUTPUTS": args.allowed_outputs}
+    env = function_env(args.allowed_buckets, args.allowed_outputs)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

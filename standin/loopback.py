@@ -29,7 +29,8 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
     def url(self) -> str:
         """``http://HOST:PORT``, where clients reach it."""
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        name = host.decode() if isinstance(host, bytes) else host
+        return f"http://{name}:{port}"
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
