@@ -198,6 +198,46 @@ def _upload(n: int, seed: int) -> list[str]:
     return keys
 
 
+# Lambda gives a function CPU in proportion to its memory, one full vCPU at 1,769 MB (AWS
+# Lambda developer guide, "Configuring memory"); the 2018 demonstration's published figures.
+FULL_VCPU_MB = 1769
+DEMO_2018 = {"usd": 2.24, "images": 122_078, "gb_s": 1.1, "memory_mb": 1024}
+
+
+def lambda_image_cost(cpu_s: float, wall_s: float, *, memory_mb: int, architecture: str,
+                      batch: int) -> tuple[float, float]:
+    """(billed seconds, USD) for one image from its measured CPU and wall time on one full
+    core: below 1,769 MB the CPU work stretches by 1769/MB, waiting on S3 does not, and what
+    overlaps the computing (reads ahead, writes behind) costs nothing more, so the run lasts
+    the longer of the stretched CPU time and the wall time. Lambda's request charge is
+    shared by the ``batch`` exposures of an invocation."""
+    from daemon.prices import lambda_usd
+
+    seconds = max(cpu_s * max(1.0, FULL_VCPU_MB / memory_mb), wall_s)
+    return seconds, lambda_usd(seconds, 0, memory_mb=memory_mb, architecture=architecture) \
+        + lambda_usd(0.0, 1, memory_mb=memory_mb, architecture=architecture) / batch
+
+
+def _cost_model(args: argparse.Namespace, variants: list[str], med: dict[str, float], *,
+                cpu: dict[str, float], rss: dict[str, float], batch: int) -> None:
+    priced = [v for v in ("handler", "handler-batch", "peer2018", "baseline") if v in variants]
+    print(f"\nLambda, {args.arch}, per image and for {args.images:,} images (from the "
+          "medians above; daemon/prices.py):")
+    print(f"{'variant':16s}{'MB':>6s}{'billed s/img':>14s}{'GB-s/img':>10s}"
+          f"{f'USD/{args.images:,}':>14s}{'fits (peak RSS)':>17s}")
+    for v in priced:
+        for mb in sorted({512, 1024, 1769, args.memory_mb}):
+            secs, usd = lambda_image_cost(cpu[v], med[v], memory_mb=mb,
+                                          architecture=args.arch,
+                                          batch=batch if v == "handler-batch" else 1)
+            print(f"{v:16s}{mb:6d}{secs:14.3f}{secs * mb / 1024:10.3f}"
+                  f"{usd * args.images:14.2f}{'yes' if rss[v] < mb * 0.9 else 'NO':>17s}")
+    demo = DEMO_2018
+    scaled = demo["usd"] / demo["images"] * args.images
+    print(f"2018 demonstration as published: {demo['gb_s']} GB-s/img at {demo['memory_mb']} "
+          f"MB, ${demo['usd']} for {demo['images']:,} (${scaled:.2f} for {args.images:,})")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -211,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default="handler,handler-batch,peer2018,sep-file,sep-array",
                     help="comma-separated, from: " + ", ".join(VARIANTS))
     ap.add_argument("--baseline", type=Path, help="another checkout: its handler as 'baseline'")
+    ap.add_argument("--arch", choices=("arm64", "x86_64"), default="arm64",
+                    help="Lambda architecture for the cost model")
+    ap.add_argument("--memory-mb", type=int, default=1024, help="Lambda memory to price too")
+    ap.add_argument("--images", type=int, default=150_000, help="images in the cost total")
     ap.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--keys", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -272,6 +316,8 @@ def _compare(args: argparse.Namespace, variants: list[str], keys: list[str]) -> 
         t = times[v]
         print(f"{v:16s}{med[v]:14.4f}{min(x['wall'] for x in t) / per[v]:11.4f}"
               f"{cpu[v]:11.4f}{t[-1]['rss_mb']:13.1f}{int(t[-1]['sources'] / per[v]):9d}")
+    _cost_model(args, variants, med, cpu=cpu, rss={v: times[v][-1]["rss_mb"] for v in variants},
+                batch=len(keys))
     pairs = [("handler", "peer2018"), ("handler-batch", "peer2018"), ("handler", "sep-array"),
              ("handler-batch", "sep-array"), ("handler", "baseline"),
              ("handler-batch", "baseline"), ("baseline", "peer2018"), ("sep-file", "sep-array")]

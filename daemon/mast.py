@@ -165,12 +165,15 @@ class MastClient:
                             f"{_short(exc)}") from None
 
 
-def _rows(responses: list[requests.Response], what: str) -> list[dict[str, Any]]:
-    """The data rows of a paged MAST answer, after checking it is complete and well formed.
+def _rows(responses: list[requests.Response], what: str) -> Iterator[dict[str, Any]]:
+    """The data rows of a paged MAST answer, page by page, then a check that the answer was
+    complete and well formed (so a caller that keeps the rows until the end never keeps
+    those of a broken answer).
 
-    Consumes ``responses``: each page's body is let go once parsed."""
+    Consumes ``responses``: each page's body is let go once parsed, and its rows once the
+    caller has taken them."""
     expected: int | None = None
-    rows: list[dict[str, Any]] = []
+    received = 0
     responses.reverse()
     while responses:
         resp = responses.pop()
@@ -195,11 +198,11 @@ def _rows(responses: list[requests.Response], what: str) -> list[dict[str, Any]]
             expected = int(paging["rowsFiltered"])
         if not all(isinstance(row, dict) for row in data):
             raise MastError(f"MAST {what} answer has a row that is not an object")
-        rows.extend(data)
-    if expected is not None and len(rows) != expected:
-        raise MastError(f"MAST {what} answer is incomplete: {len(rows)} rows received, "
+        received += len(data)
+        yield from data
+    if expected is not None and received != expected:
+        raise MastError(f"MAST {what} answer is incomplete: {received} rows received, "
                         f"{expected} announced (an empty or short page)")
-    return rows
 
 
 # The keys of MAST's answer envelope, its paging, and the row columns this module reads.
