@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -186,8 +187,10 @@ def bench_reconcile(n_done: int, work: Path, n_flight: int = 1000) -> dict[str, 
             "settled_done": res.done, "settled_failed": res.failed}
 
 
-def bench_status_and_rss(n_rows: int, work: Path) -> dict[str, Any]:
-    """status on an n_rows database (in-process snapshot and whole command); daemon RSS."""
+def bench_status_and_rss(n_rows: int, work: Path, *, baseline: Path | None = None,
+                         runs: int = 15) -> dict[str, Any]:
+    """status on an n_rows database (in-process snapshot and whole command, interleaved with
+    a bare ``python -c pass``, and with ``baseline``'s status if given); daemon RSS."""
     db = work / f"status-{n_rows}.db"
     _populate(db, n_rows - 1000, 1000)
     cfg = work / f"status-{n_rows}.toml"
@@ -202,12 +205,20 @@ def bench_status_and_rss(n_rows: int, work: Path) -> dict[str, Any]:
         status_document(db)
         times.append(time.perf_counter() - t0)
     exe = str(Path(sys.executable).with_name("mastmirror"))
-    cmd_times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        subprocess.run([exe, "--config", str(cfg), "status", "--json"], check=True,
-                       capture_output=True)
-        cmd_times.append(time.perf_counter() - t0)
+    commands = {"pass": ([sys.executable, "-c", "pass"], ROOT),
+                "status": ([exe, "--config", str(cfg), "status"], ROOT),
+                "status --json": ([exe, "--config", str(cfg), "status", "--json"], ROOT)}
+    if baseline is not None:
+        commands["baseline status"] = ([exe, "--config", str(cfg), "status"], baseline)
+    took: dict[str, list[float]] = {k: [] for k in commands}
+    for _ in range(runs):  # interleaved: the machine's load hits all alike
+        for name, (cmd, root) in commands.items():
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True,
+                           env=dict(os.environ, PYTHONPATH=str(root)))
+            took[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in took.items()}
+    ratios = {f"{k} / pass": round(v / med["pass"], 2) for k, v in med.items() if k != "pass"}
     # The daemon: open the service on this database, one reconcile and one dispatch pass
     # (reconcile reads the 1,000 in flight), report its peak RSS.
     # VmHWM, not getrusage: ru_maxrss survives fork+exec and would report this script's peak.
@@ -221,8 +232,8 @@ def bench_status_and_rss(n_rows: int, work: Path) -> dict[str, Any]:
                          text=True, cwd=ROOT)
     daemon_rss = float(out.stdout.strip().splitlines()[-1])
     return {"rows": n_rows, "snapshot_ms": round(min(times) * 1000, 1),
-            "status_command_ms": round(min(cmd_times) * 1000), "daemon_rss_mb": round(daemon_rss),
-            "db_mb": round(db.stat().st_size / 2**20)}
+            "command_median_ms": {k: round(v * 1000) for k, v in med.items()}, **ratios,
+            "daemon_rss_mb": round(daemon_rss), "db_mb": round(db.stat().st_size / 2**20)}
 
 
 def _free_port() -> int:
@@ -383,6 +394,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=1, help="[executor] batch for 'inflight'")
     ap.add_argument("--checkout", type=Path, default=ROOT,
                     help="run the daemon of another checkout for 'inflight' (before/after)")
+    ap.add_argument("--baseline", type=Path,
+                    help="'status': also time another checkout's status, interleaved")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     only = set(args.only or ("discovery", "state", "reconcile", "status"))
@@ -402,7 +415,8 @@ def main() -> int:
                 print(json.dumps({"reconcile": bench_reconcile(n, work)}), flush=True)
             if "status" in only:
                 rows = n * 1_000_000 // 150_000  # 1M rows beside the 150k archive
-                print(json.dumps({"status": bench_status_and_rss(rows, work)}), flush=True)
+                print(json.dumps({"status": bench_status_and_rss(
+                    rows, work, baseline=args.baseline)}), flush=True)
             if "inflight" in only:
                 for k in (int(x) for x in args.in_flight.split(",")):
                     print(json.dumps({"inflight": bench_in_flight(

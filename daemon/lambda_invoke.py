@@ -67,6 +67,9 @@ def lambda_client(*, threads: int, retry_mode: RetryMode = "standard", max_attem
         connect_timeout=connect_timeout_s,
         read_timeout=read_timeout_s,
         tcp_keepalive=True,
+        # The three parameters are always the same well-formed strings, and Lambda checks
+        # them anyway: botocore's own check is a tenth of the call's CPU.
+        parameter_validation=False,
     )
     # A Session of its own: the default session is not safe to create clients from
     # concurrently, and the daemon may rebuild its executor on SIGHUP.
