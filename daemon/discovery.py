@@ -129,13 +129,15 @@ def _window(store: StateStore, client: MastClient, mast: MastSection, out: PollO
     lo, hi = window
     try:
         obs = client.observations(lo, hi)
-        products = list(client.products([o.obsid for o in obs])) if obs else []
+        # Consumed as they arrive, keeping only the wanted products: every page of the
+        # answer is in before anything is recorded (a MastError part-way records nothing).
+        finds = select_products(obs, client.products([o.obsid for o in obs]) if obs else (),
+                                mast.product)
     except MastError as exc:
         out.ok, out.error = False, str(exc)
         log.error("poll failed", window=[mjd_to_iso(lo), mjd_to_iso(hi)], error=str(exc),
                   cursor=mjd_to_iso(out.cursor_mjd) if out.cursor_mjd else None)
         return False
-    finds = select_products(obs, products, mast.product)
     new = store.record_window(out.poll_id, hi, finds.datasets,
                               observations=finds.observations, products=finds.products,
                               rejected=finds.rejected)
