@@ -21,7 +21,7 @@ import click
 from daemon import __version__
 from daemon.configfile import ConfigError, find_config, state_path
 from daemon.lambda_cli import lambda_group
-from daemon.lock import AlreadyRunning
+from daemon.lock import AlreadyRunning, InstanceLock
 
 if TYPE_CHECKING:
     from daemon.config import Config
@@ -169,6 +169,125 @@ def retry(obj: _Ctx, obs_ids: tuple[str, ...]) -> None:
 
 
 main.add_command(lambda_group, "lambda")
+
+
+# -- the detection index -------------------------------------------------------------------
+
+def _index_url(obj: _Ctx, given: str | None) -> str:
+    if given is not None:
+        return given if "://" in given else "file://" + os.path.abspath(given)
+    url = obj.config.index_url
+    if url is None:
+        _fail(f"{obj.path}: [index] url is \"\" (the index is off)", EXIT_CONFIG)
+    return url
+
+
+@main.command(context_settings={"ignore_unknown_options": True})  # a Dec may start with "-"
+@click.argument("ra")
+@click.argument("dec")
+@click.argument("radius", metavar="RADIUS_ARCSEC", type=float)
+@click.option("--filter", "filter_", metavar="F", help="Only this filter (F160W, ...).")
+@click.option("--mag-max", type=float, metavar="M", help="Only mag_auto <= M.")
+@click.option("--format", "fmt", type=click.Choice(("table", "csv", "votable", "parquet")),
+              default="table", show_default=True)
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write here instead of standard output.")
+@click.option("--index", "index_arg", metavar="URL",
+              help="Search this index (directory, file:// or s3://) instead of [index] url.")
+@click.pass_obj
+def search(obj: _Ctx, ra: str, dec: str, radius: float, filter_: str | None,  # noqa: PLR0917
+           mag_max: float | None, fmt: str, out: Path | None, index_arg: str | None) -> None:
+    """Detections within RADIUS_ARCSEC of RA DEC, nearest first.
+
+    RA and DEC in degrees, or sexagesimal as astropy's SkyCoord reads them
+    (10:21:03.2 +41:12:00 with RA in hours, or 10h21m03.2s +41d12m00s).
+    """
+    from daemon.index import IndexFault
+    from daemon.search import NoIndex, SearchError, write
+    from daemon.search import search as cone
+
+    url = _index_url(obj, index_arg)
+    if fmt == "parquet" and out is None and sys.stdout.isatty():
+        _fail("--format parquet writes binary: give -o FILE or redirect the output",
+              EXIT_CONFIG)
+    try:
+        table = cone(url, ra, dec, radius, filter=filter_, mag_max=mag_max)
+    except (NoIndex, IndexFault, OSError) as exc:
+        _fail(str(exc), EXIT_FAILED)
+    except SearchError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+    if out is None:
+        write(table, fmt)
+    else:
+        with open(out, "wb") as fh:
+            write(table, fmt, fh)
+
+
+@main.group("index")
+def index_group() -> None:
+    """The detection index: rebuild | check."""
+
+
+@index_group.command("rebuild")
+@click.pass_obj
+def index_rebuild(obj: _Ctx) -> None:
+    """Make the index again from the catalogs of every done dataset (the daemon must not
+    run; searches see the old index until the new one is complete)."""
+    from daemon.indexcheck import rebuild
+    from daemon.outputs import OutputStore
+    from state.store import StateStore
+
+    config = obj.logging()
+    url = _index_url(obj, None)
+    try:
+        lock = InstanceLock(config.state_path)
+        lock.acquire()
+    except AlreadyRunning as exc:
+        _fail(f"{exc} (index rebuild writes the index the daemon writes)", EXIT_LOCKED)
+    try:
+        with StateStore(config.state_path, create=False) as store:
+            outcome = rebuild(url, store, OutputStore(config.output_url))
+    except FileNotFoundError as exc:
+        _fail(str(exc), EXIT_FAILED)
+    finally:
+        lock.release()
+    click.echo(f"index rebuilt at {url}: {outcome.catalogs} catalogs, {outcome.rows} "
+               f"detections (commit {outcome.commit})")
+    for obs_id, why in outcome.unusable:
+        click.echo(f"  not indexed: {obs_id}: {why}")
+    if outcome.unusable:
+        sys.exit(EXIT_FAILED)
+
+
+@index_group.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def index_check(obj: _Ctx, as_json: bool) -> None:
+    """Compare the index with the state and the catalogs (exit 1 if they differ)."""
+    from daemon.indexcheck import check
+    from daemon.outputs import OutputStore
+    from state.store import StateStore
+
+    config = obj.config
+    url = _index_url(obj, None)
+    try:
+        with StateStore(config.state_path, readonly=True) as store:
+            report = check(url, store, OutputStore(config.output_url))
+    except FileNotFoundError as exc:
+        _fail(str(exc), EXIT_FAILED)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(f"index {url}: commit {report.commit}, {report.catalogs} catalogs, "
+                   f"{report.rows} detections in {report.partitions} partitions "
+                   f"({report.fragments} files)")
+        for line in report.notes:
+            click.echo(f"  note: {line}")
+        for line in report.problems:
+            click.echo(f"  PROBLEM: {line}")
+        click.echo("ok: the index agrees with the state and the catalogs" if report.ok else
+                   f"{len(report.problems)} kind(s) of problem")
+    sys.exit(0 if report.ok else EXIT_FAILED)
 
 
 @main.command()

@@ -94,6 +94,12 @@ class OutputSection(_Section):
     url: Annotated[str, Field(min_length=1)] = "catalogs"
 
 
+class IndexSection(_Section):
+    """``[index]``: the HATS detection index (docs/INDEX.md)."""
+
+    url: str = "index"
+
+
 class ExecutorSection(_Section):
     """``[executor]``: who runs the extraction, and the retry policy."""
 
@@ -198,6 +204,7 @@ class Config(_Section):
     mast: MastSection = MastSection()
     archive: ArchiveSection = ArchiveSection()
     output: OutputSection = OutputSection()
+    index: IndexSection = IndexSection()
     executor: ExecutorSection = ExecutorSection()
     lambda_: LambdaSection = Field(default=LambdaSection(), alias="lambda")
     state: StateSection = StateSection()  # read alone by daemon.configfile.state_path
@@ -218,6 +225,11 @@ class Config(_Section):
     def output_url(self) -> str:
         """The output store as a URL (``file:///abs/dir`` or ``s3://bucket/prefix``)."""
         return self.output.url
+
+    @property
+    def index_url(self) -> str | None:
+        """The detection index as a URL, or None when ``[index] url = ""`` turns it off."""
+        return self.index.url or None
 
 
 def handler_env(config: Config) -> dict[str, str]:
@@ -252,36 +264,38 @@ def config_from_dict(raw: Mapping[str, Any], *, source: str | os.PathLike[str] =
     sep_params = _validate_sep(raw.get("sep", {}), source)
     return config.model_copy(update={
         "state": config.state.model_copy(update={"path": str(resolve(config.state.path, base))}),
-        "output": config.output.model_copy(update={"url": _output_url(config.output.url, base,
-                                                                        source)}),
+        "output": config.output.model_copy(update={"url": _store_url(config.output.url, base,
+                                                                       source, "output")}),
+        "index": config.index.model_copy(update={"url": config.index.url and _store_url(
+            config.index.url, base, source, "index")}),
         "lambda_": config.lambda_.model_copy(
             update={"bundle": str(resolve(config.lambda_.bundle, base))}),
         "sep": sep_params,
     })
 
 
-_SECTIONS = ("mast", "archive", "output", "executor", "lambda", "state", "schedule", "log",
-             "metrics", "sep")
+_SECTIONS = ("mast", "archive", "output", "index", "executor", "lambda", "state", "schedule",
+             "log", "metrics", "sep")
 
 
-def _output_url(value: str, base: Path, source: str | os.PathLike[str]) -> str:
+def _store_url(value: str, base: Path, source: str | os.PathLike[str], section: str) -> str:
     parts = urlsplit(value)
+    where = f"{source}: [{section}] url = {value!r}"
     if parts.scheme == "s3":
         if not BUCKET_RE.match(parts.netloc):
-            raise ConfigError(f"{source}: [output] url = {value!r}: the bucket "
-                              f"{parts.netloc!r} is not a valid S3 bucket name")
+            raise ConfigError(f"{where}: the bucket {parts.netloc!r} is not a valid S3 "
+                              "bucket name")
         prefix = parts.path.strip("/")
         if ".." in prefix.split("/"):
-            raise ConfigError(f"{source}: [output] url = {value!r}: '..' is not allowed")
+            raise ConfigError(f"{where}: '..' is not allowed")
         return f"s3://{parts.netloc}/{prefix}".rstrip("/")
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost") or not Path(parts.path).is_absolute():
-            raise ConfigError(f"{source}: [output] url = {value!r}: a file URL must be "
-                              "file:///absolute/dir")
+            raise ConfigError(f"{where}: a file URL must be file:///absolute/dir")
         return "file://" + str(Path(parts.path).resolve())
     if parts.scheme:
-        raise ConfigError(f"{source}: [output] url = {value!r}: expected a directory, "
-                          "file:///abs/dir or s3://bucket/prefix")
+        raise ConfigError(f"{where}: expected a directory, file:///abs/dir or "
+                          "s3://bucket/prefix")
     return "file://" + str(resolve(value, base))
 
 

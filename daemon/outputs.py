@@ -208,8 +208,12 @@ class OutputStore:
                       retryable=retryable, missing=missing, input_etag=etag)
 
     def read(self, key: str) -> bytes | None:
-        """The bytes of one object in the output store (for ``preview``)."""
+        """The bytes of one object in the output store (``preview``, the index)."""
         return self._store.get(key)
+
+    def catalog_keys(self) -> set[str]:
+        """Every catalog key in the store (one listing: a LIST per 1,000 keys on S3)."""
+        return {k for k in self._store.list("") if k.endswith(contract.CATALOG_SUFFIX)}
 
 
 def _by_directory(items: Sequence[Pending]) -> list[tuple[str, list[str]]]:

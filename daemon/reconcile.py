@@ -7,7 +7,8 @@ input is not an imaging exposure mastmirror catalogues). An error marker counts 
 was written by the dataset's latest dispatch (older markers are stale); one that says the
 input is missing from the archive holds the dataset (a wait, not an attempt) until
 ``wait_hours`` have passed. A dataset with no result after ``executor.timeout_seconds`` is
-dispatched again until ``executor.max_attempts``, then failed as timed out.
+dispatched again until ``executor.max_attempts``, then failed as timed out. Datasets
+marked done are queued for the detection index, if there is one (daemon.indexing).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import structlog
 
 from daemon.config import ArchiveSection, ExecutorSection
 from daemon.executors import Executor
+from daemon.indexing import Done, Indexer
 from daemon.outputs import OutputStore, Pending
 from state.store import DatasetRow, Failure, Finished, Skip, StateStore, Transition
 
@@ -45,9 +47,11 @@ OUTPUT_PUTS = "spend.output_puts"
 
 def reconcile(store: StateStore, outputs: OutputStore, policy: ExecutorSection, *,
               archive: ArchiveSection | None = None, executor: Executor | None = None,
-              now: float | None = None, page: int = PAGE) -> ReconcileOutcome:
-    """One pass over the datasets in flight, ``page`` at a time (oldest dispatch first), so
-    its memory stays the same with 1,000 or 100,000 in flight.
+              now: float | None = None, index: Indexer | None = None,
+              page: int = PAGE) -> ReconcileOutcome:
+    """One pass over the datasets in flight (those done are queued for the index),
+    ``page`` at a time (oldest dispatch first), so its memory stays the same with 1,000 or
+    100,000 in flight.
 
     ``archive``: how long an input may be missing from the archive bucket (``wait_hours``
     after its release, or its discovery if later) and how soon it is looked for again
@@ -57,7 +61,8 @@ def reconcile(store: StateStore, outputs: OutputStore, policy: ExecutorSection, 
     now = time.time() if now is None else now
     out = ReconcileOutcome()
     for rows in store.in_flight_pages(page):
-        _settle(store, outputs, rows, policy=policy, archive=archive, now=now, out=out)
+        _settle(store, outputs, rows, policy=policy, archive=archive, now=now, out=out,
+                index=index)
     if executor is not None:
         lost = [Failure(x.obs_id, x.dispatch, x.reason, True) for x in executor.drain_lost()]
         _count(store.fail_or_requeue(lost, max_attempts=policy.max_attempts,
@@ -71,7 +76,7 @@ def reconcile(store: StateStore, outputs: OutputStore, policy: ExecutorSection, 
 
 def _settle(store: StateStore, outputs: OutputStore, rows: list[DatasetRow], *,
             policy: ExecutorSection, archive: ArchiveSection, now: float,
-            out: ReconcileOutcome) -> None:
+            out: ReconcileOutcome, index: Indexer | None) -> None:
     """What the output store says about one page of datasets in flight."""
     results = outputs.find_many([Pending(r.obs_id, r.input_key, r.min_dispatch) for r in rows])
     by_id = {r.obs_id: r for r in rows}
@@ -81,15 +86,17 @@ def _settle(store: StateStore, outputs: OutputStore, rows: list[DatasetRow], *,
                          peak_rss_mb=res.peak_rss_mb, attempt=res.attempt,
                          input_etag=res.input_etag, input_size=res.input_size)
                 for res in results.values() if res.kind == "catalog"]
-    run_ms = moved = 0
-    for obs_id in store.mark_done(finished, now=now):
-        moved += 1
+    run_ms = 0
+    done = store.mark_done(finished, now=now)
+    for obs_id in done:
         res = results[obs_id]
         log.info("done", obs_id=obs_id, sources=res.sources, duration_ms=res.duration_ms,
                  attempt=by_id[obs_id].dispatches, generation=by_id[obs_id].generation)
         out.done += 1
         if by_id[obs_id].executor == "lambda":
             run_ms += res.duration_ms or 0
+    if index is not None:
+        index.queue([Done(o, by_id[o].generation, results[o].key) for o in done])
 
     skips = [Skip(res.obs_id, by_id[res.obs_id].dispatches if res.attempt is None else res.attempt,
                   res.reason or "not catalogued")
@@ -108,7 +115,7 @@ def _settle(store: StateStore, outputs: OutputStore, rows: list[DatasetRow], *,
     _count(store.fail_or_requeue(failures, max_attempts=policy.max_attempts,
                                  backoff_s=policy.retry_backoff_seconds, now=now), out)
     # What the function's runs cost: Lambda time, and one PUT per result settled on S3.
-    puts = moved + len(skips) + len(current) if outputs.url.startswith("s3://") else 0
+    puts = len(done) + len(skips) + len(current) if outputs.url.startswith("s3://") else 0
     if run_ms or puts:
         store.set_meta({}, add={LAMBDA_RUN_MS: run_ms, OUTPUT_PUTS: puts})
 

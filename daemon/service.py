@@ -28,6 +28,7 @@ from daemon.config import Config, ConfigError, handler_env, load_config
 from daemon.discovery import PollOutcome, poll
 from daemon.dispatch import dispatch, unsent
 from daemon.executors import Executor, LocalExecutor
+from daemon.indexing import Indexer
 from daemon.lock import InstanceLock
 from daemon.mast import MastClient
 from daemon.metrics import Metrics
@@ -41,7 +42,7 @@ from state.store import StateStore, unwritable
 log = structlog.get_logger("mastmirror.service")
 
 # Keys a running daemon cannot change under itself; SIGHUP keeps the old value and says so.
-_RESTART_ONLY = (("state", "path"), ("executor", "kind"), ("log", "format"),
+_RESTART_ONLY = (("state", "path"), ("executor", "kind"), ("log", "format"), ("index", "url"),
                  ("metrics", "listen"))
 
 
@@ -105,6 +106,7 @@ class Service:
         self.mast: MastClient | None = None
         self.outputs: OutputStore | None = None
         self.metrics: Metrics | None = None
+        self.indexer: Indexer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -116,6 +118,9 @@ class Service:
                 self.store = StateStore(self.config.state_path)
                 self.mast = make_mast_client(self.config)
                 self.outputs = OutputStore(self.config.output_url)
+                if self.config.index_url:
+                    self.indexer = Indexer(self.config.index_url, self.outputs, self.store,
+                                           idle_s=self.config.schedule.reconcile_seconds)
                 self.executor = make_executor(self.config, self._on_result)
                 for t in self.store.reclaim_orphans(executor="local", run_id=self.run_id):
                     log.info("requeued", obs_id=t.obs_id, reason=t.reason)
@@ -148,6 +153,8 @@ class Service:
                         raise
                     # They stay dispatched; the next daemon requeues them as orphans.
                     log.warning("could not requeue unstarted runs", reason=str(exc))
+        if self.indexer is not None:
+            self.indexer.close(timeout_s=5.0)
         if self.metrics is not None:
             self.metrics.close()
         if self.mast is not None:
@@ -245,7 +252,7 @@ class Service:
         with self._job("reconcile"):
             outcome = reconcile(self.store, self.outputs, self.config.executor,
                                 archive=self.config.archive,
-                                executor=self.executor)
+                                executor=self.executor, index=self.indexer)
             if self.metrics is not None:
                 self.metrics.reconciled_run(outcome)
             if (outcome.done or outcome.failed or outcome.requeued) and self._scheduler:
@@ -273,6 +280,8 @@ class Service:
         self._add_jobs(sched)
         with _signals(self.stop_event, self._reload):
             sched.start()
+            if self.indexer is not None:
+                self.indexer.start()
             self.notifier.ready()
             self.notifier.status(self.status_line())
             log.info("service running", poll_minutes=self.config.schedule.poll_minutes,
@@ -327,6 +336,8 @@ class Service:
             self.config.schedule.reconcile_seconds
         started = time.monotonic()
         summary = CycleSummary()
+        if self.indexer is not None:
+            self.indexer.start()
         with _signals(self.stop_event, self._reload), _Progress(progress) as bar:
             summary.poll = self.poll_job(progress=bar.poll)
             start_counts = self.store.counts()
@@ -342,6 +353,8 @@ class Service:
                     break
                 self._wake.wait(wait_s)
                 self._wake.clear()
+            if self.indexer is not None and not self.stop_event.is_set():
+                self.indexer.drain()  # what the thread has not reached yet
         final = self.store.counts()  # reads work on a full disk
         summary.counts = final
         summary.fatal = self.fatal
@@ -384,6 +397,8 @@ class Service:
             self.mast = make_mast_client(new)
         if new.output_url != old.output_url:
             self.outputs = OutputStore(new.output_url)
+            if self.indexer is not None:
+                self.indexer.outputs = self.outputs
         if (new.executor != old.executor or new.archive != old.archive
                 or new.output_url != old.output_url) and self.executor is not None:
             retired = self.executor

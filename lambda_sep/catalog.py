@@ -1,9 +1,10 @@
 """The catalog file: a FITS binary table, one row per source, provenance in its header.
 
 Layout: an empty primary HDU (ORIGIN, OBS_ID) and one ``BINTABLE`` extension ``CATALOG``
-whose ``NAXIS2`` is the source count. Every column has a ``TUNITn`` (astropy unit strings in
-the generic format, ``''`` for dimensionless numbers and flags) and a description as the
-comment of its ``TTYPEn`` card. The extension header records the input (bucket, key, ETag,
+whose ``NAXIS2`` is the source count. The columns are ``lambda_sep.columns.COLUMNS``, in its
+order, with its types; each has a ``TUNITn`` (astropy unit strings in the generic format,
+``''`` for dimensionless numbers and flags) and its description as the comment of its
+``TTYPEn`` card. The extension header records the input (bucket, key, ETag,
 size, bytes read), the software versions, every extraction parameter (``HIERARCH SEP ...``),
 the background level and rms, the photometric zero point, and the run-specific numbers
 listed in ``RUN_SPECIFIC_KEYWORDS``. Everything else is a pure function of the input bytes
@@ -22,6 +23,7 @@ import sep
 from astropy.io import fits
 
 from lambda_sep import __version__
+from lambda_sep.columns import COLUMNS, FLUX
 from lambda_sep.contract import (
     HDR_ATTEMPT,
     HDR_BYTES_READ,
@@ -31,7 +33,7 @@ from lambda_sep.contract import (
     HDR_PROCTIME,
     HDR_SOURCES,
 )
-from lambda_sep.extract import Extraction
+from lambda_sep.extract import Extraction, detection_equivalent
 from lambda_sep.fitsread import Image
 from lambda_sep.params import SepParams
 
@@ -85,6 +87,11 @@ def param_keyword(name: str) -> str:
     return f"HIERARCH SEP {name.upper()}"
 
 
+def _round(value: float) -> float | str:
+    """Six significant digits, so the card is the same on every machine; 'NaN' when none."""
+    return float(f"{value:.6g}") if np.isfinite(value) else "NaN"
+
+
 def _param_value(value: object) -> object:
     if isinstance(value, tuple):
         return ",".join(f"{v:g}" for v in value)
@@ -119,12 +126,12 @@ def build_catalog(
     ``processing_time`` (s), ``peak_rss_mb``, ``attempt`` and ``date`` (ISO 8601 UTC) are
     the run-specific values; everything else comes from the input and the parameters.
     """
-    names = list(extraction.columns)
     n = extraction.count
+    columns = [(c, extraction.columns[c.name]) for c in COLUMNS]
     # The table is serialised directly (big-endian records after a header built from cards):
     # astropy's BinTableHDU machinery costs ~30 ms per catalog, this costs ~4 ms.
-    dtype = np.dtype([(name, extraction.columns[name].dtype.newbyteorder(">"),
-                       extraction.columns[name].shape[1:]) for name in names])
+    dtype = np.dtype([(c.name, np.dtype(c.dtype).newbyteorder(">"), arr.shape[1:])
+                      for c, arr in columns])
     rows = np.empty(n, dtype=dtype)
     cards: list[tuple[str, object, str]] = [
         ("XTENSION", "BINTABLE", "binary table extension"),
@@ -134,16 +141,16 @@ def build_catalog(
         (HDR_SOURCES, n, "number of rows (sources)"),
         ("PCOUNT", 0, "number of group parameters"),
         ("GCOUNT", 1, "number of groups"),
-        ("TFIELDS", len(names), "number of table fields"),
+        ("TFIELDS", len(columns), "number of table fields"),
     ]
-    for i, name in enumerate(names, start=1):
-        arr = extraction.columns[name]
-        rows[name] = arr
-        base = _FORMATS[arr.dtype]
-        cards.append(_fit(f"TTYPE{i}", name, extraction.descriptions.get(name, "")))
+    for i, (column, arr) in enumerate(columns, start=1):
+        rows[column.name] = arr
+        base = _FORMATS[np.dtype(column.dtype)]
+        cards.append(_fit(f"TTYPE{i}", column.name, column.description))
         cards.append((f"TFORM{i}", f"{arr.shape[1]}{base}" if arr.ndim == 2 else base, ""))
         # Every column has a unit card; '' means dimensionless (counts, flags, ratios).
-        cards.append((f"TUNIT{i}", extraction.units.get(name, ""), ""))
+        unit = extraction.flux_unit if column.unit == FLUX else column.unit
+        cards.append((f"TUNIT{i}", unit, ""))
     cards.append(("EXTNAME", EXTNAME, "extension name"))
     h = _Cards(cards)
 
@@ -169,8 +176,18 @@ def build_catalog(
     h["BKGRMS"] = (extraction.background_rms, "global background rms")
     h["NMASKED"] = (extraction.masked_pixels, "pixels masked (DQ, non-finite, ERR<=0)")
     h["NOISESRC"] = (extraction.noise_source, "per-pixel noise used")
+    h["NOISEMED"] = (_round(extraction.noise_median), "median noise of unmasked pixels")
+    h["NOISEFIX"] = (extraction.noise_replaced, "noise values <= 0 or non-finite replaced")
+    h["NOISEWHY"] = (extraction.noise_note, "what was done to the noise, and why")
+    detnsig = detection_equivalent(params)
+    h["DETNSIG"] = (_round(detnsig), "threshold as SExtractor DETECT_THRESH (sigma)")
+    h["DETLEVEL"] = (_round(detnsig * extraction.noise_median),
+                     "threshold at NOISEMED, kernel-weighted, flux/pix")
+    h["NDROPMSK"] = (extraction.dropped_masked, "detections dropped: mostly masked pixels")
+    h["MASKPHOT"] = ("SEP mean fill", "masked aperture area: aperture mean, maskfrac_*")
     h["FLUXUNIT"] = (extraction.flux_unit, "unit of fluxes")
     h["WCSOK"] = (extraction.wcs_ok, "ra/dec computed from the SCI WCS")
+    h["WCSMODEL"] = (extraction.wcs_model, "ra/dec projection[-distortion]; '' = no WCS")
     if extraction.zeropoint is not None:
         h["MAGZP"] = (round(extraction.zeropoint, 6), "AB mag of 1 flux unit per second")
         h["MAGZPSRC"] = (extraction.zeropoint_source, "keywords MAGZP derives from")

@@ -32,6 +32,7 @@ from lambda_sep.contract import (
     catalog_key,
     error_key,
     key_dataset,
+    skipped_key,
 )
 from lambda_sep.params import SepParams
 from lambda_sep.storage import open_store, validate_key
@@ -77,6 +78,11 @@ class Event:
     def error_key(self) -> str:
         """Output key of the error marker."""
         return error_key(self.key)
+
+    @property
+    def skip_key(self) -> str:
+        """Output key of the skip marker."""
+        return skipped_key(self.key)
 
 
 def _split_env(value: str | None) -> list[str]:

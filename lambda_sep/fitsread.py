@@ -21,6 +21,7 @@ person can act on; storage trouble propagates as ``storage.StorageError``.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ from astropy.io import fits
 
 from lambda_sep.storage import ObjectNotFound, ObjectStore
 
-__all__ = ["BLOCK", "FIRST_READ", "Image", "ImageError", "read_image"]
+__all__ = ["BLOCK", "FIRST_READ", "Image", "ImageError", "ReadStopped", "read_image"]
 
 BLOCK = 2880
 CARD = 80
@@ -49,6 +50,15 @@ _DTYPES: dict[int, np.dtype[Any]] = {
 
 class ImageError(ValueError):
     """The input file is unusable (not FITS, truncated, no SCI, wrong shape, no data)."""
+
+
+class ReadStopped(Exception):
+    """``read_image``'s ``inspect`` gave a reason not to read the pixels."""
+
+    def __init__(self, reason: str, bytes_read: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.bytes_read = bytes_read
 
 
 @dataclass
@@ -278,12 +288,16 @@ def _decode(reader: _Reader, hdu: _Hdu, *, as_float: bool) -> np.ndarray:
 
 
 def read_image(store: ObjectStore, key: str, size: int, *, first_read: int = FIRST_READ,
-               head: bytes | None = None) -> Image:
+               head: bytes | None = None,
+               inspect: Callable[[fits.Header, fits.Header], str | None] | None = None
+               ) -> Image:
     """Read headers and SCI/ERR/DQ (or SCI/WHT) data of ``key`` without reading the rest.
 
     ``size`` is the object size (``store.head`` or ``store.read_head``); ``head``, when
     given, is the object's first bytes as ``store.read_head`` returned them: they stand for
-    the first read. Raises :class:`ImageError` for files that are not FITS, truncated,
+    the first read. ``inspect(primary, sci_header)`` is called as soon as the SCI header is
+    parsed, before any pixel data is read: a reason it returns stops the reading with
+    :class:`ReadStopped`. Raises :class:`ImageError` for files that are not FITS, truncated,
     corrupt, lack a SCI extension, or whose SCI is not a 2-D image matching its ERR/DQ/WHT.
     """
     if size < BLOCK:
@@ -310,6 +324,9 @@ def read_image(store: ObjectStore, key: str, size: int, *, first_read: int = FIR
         ):
             found[hdu.name] = hdu
             if hdu.name == "SCI":
+                reason = inspect(hdus[0].header, hdu.header) if inspect else None
+                if reason is not None:
+                    raise ReadStopped(reason, reader.bytes_read)
                 # Speculate: the next HDU is ERR (or WHT) of SCI's size, then DQ's header.
                 room = max(BLOCK, hdu.data_start - hdu.header_start)
                 stop = hdu.next_start + room + _padded(hdu.nbytes) + room

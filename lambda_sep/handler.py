@@ -3,7 +3,10 @@
 Validate the event, read the exposure with ranged reads, run SEP, write the catalog
 atomically at ``<output>/K[:-5] + "_sep.fits"`` with its summary as S3 metadata, and delete a
 stale error marker; on any failure write ``<output>/K[:-5] + "_sep.error.json"`` instead and
-no catalog. The same function runs in the daemon's local process pool.
+no catalog. An input that is not an imaging exposure this function catalogues
+(``lambda_sep.modes``) is *skipped*: a marker ``K[:-5] + "_sep.skipped.json"`` with the
+reason, no catalog, no pixels read. The same function runs in the daemon's local process
+pool.
 
 An event may carry several exposures (``lambda_sep.contract``). They are worked through in
 order, and the waiting on storage is taken off the critical path: one thread reads the next
@@ -39,7 +42,8 @@ from lambda_sep.catalog import build_catalog
 from lambda_sep.contract import BATCH, BatchError, exposures
 from lambda_sep.event import Event, EventError, parse_event
 from lambda_sep.extract import extract
-from lambda_sep.fitsread import FIRST_READ, Image, ImageError, read_image
+from lambda_sep.fitsread import FIRST_READ, Image, ImageError, ReadStopped, read_image
+from lambda_sep.modes import header_refusal, product_refusal
 from lambda_sep.storage import ObjectInfo, StorageError, open_store
 
 __all__ = ["InputMissing", "OutOfTime", "handler", "peak_rss_mb"]
@@ -105,7 +109,8 @@ def _reason(exc: BaseException) -> str:
 
 
 def _write_marker(output: str, key: str, body: dict[str, Any]) -> str | None:
-    """Write the error marker; return None on success, else why it could not be written."""
+    """Write a marker (error or skip); return None on success, else why it could not be
+    written."""
     try:
         open_store(output).put_atomic(
             key, json.dumps(body, sort_keys=True, indent=1).encode(),
@@ -153,19 +158,51 @@ def _refuse(exc: EventError, started: float) -> dict[str, Any]:
                     reason=reason, output_key=output_key)
 
 
-def _read(ev: Event) -> tuple[ObjectInfo, Image]:
-    """The input's size, ETag and decoded SCI/ERR/DQ, over ranged reads only."""
+def _skip(ev: Event, reason: str, etag: str | None, started: float, bytes_read: int
+          ) -> dict[str, Any]:
+    """The input is not catalogued: the skip marker, no catalog, no stale error marker."""
+    problem = _write_marker(ev.output, ev.skip_key, {
+        "obs_id": ev.obs_id, "key": ev.key, "attempt": ev.attempt, "reason": reason,
+        "at": _now(), "mastmirror_version": __version__, "input_etag": etag,
+    })
+    summary = _summary(ev.obs_id, "skipped", ev.key, attempt=ev.attempt, started=started,
+                       bytes_read=bytes_read, reason=reason,
+                       output_key=None if problem else ev.skip_key)
+    if problem is not None:
+        summary["reason"] += f" (skip marker not written: {problem})"
+        return summary
+    try:
+        _drop_stale_marker(ev)
+    except (StorageError, ValueError) as exc:
+        summary["reason"] += f"; stale error marker not deleted: {exc}"
+    return summary
+
+
+def _drop_stale_marker(ev: Event) -> None:
+    """An earlier dispatch's error marker is stale once this one has a result. Only an
+    earlier dispatch of the same dataset writes one, so the first has none to delete."""
+    if ev.attempt > 1:
+        open_store(ev.output).delete(ev.error_key)
+
+
+def _read(ev: Event) -> tuple[ObjectInfo, Image | ReadStopped]:
+    """The input's size, ETag and decoded SCI/ERR/DQ, over ranged reads only; or, when its
+    headers say it is not an imaging exposure, why (no pixels read)."""
     inp = open_store(ev.bucket)
     got = inp.read_head(ev.key, FIRST_READ)
     if got is None:
         raise InputMissing(f"input object not found: {inp.url}/{ev.key}")
     head, info = got
-    return info, read_image(inp, ev.key, info.size, head=head)
+    try:
+        return info, read_image(inp, ev.key, info.size, head=head, inspect=header_refusal)
+    except ReadStopped as stop:
+        return info, stop
 
 
 @dataclass
 class _Outcome:
-    """One exposure after extraction: a catalog to write, or the exception that stopped it."""
+    """One exposure after extraction: a catalog to write, a reason to skip it, or the
+    exception that stopped it."""
 
     ev: Event
     started: float
@@ -173,14 +210,25 @@ class _Outcome:
     catalog: bytes | None = None
     metadata: dict[str, str] | None = None
     sources: int = 0
+    skip: str | None = None
+    etag: str | None = None
     error: Exception | None = None
 
 
-def _extract(ev: Event, read: Future[tuple[ObjectInfo, Image]], started: float) -> _Outcome:
-    """Wait for the exposure's bytes, extract, build the catalog: the computing part."""
+def _extract(ev: Event, read: Future[tuple[ObjectInfo, Image | ReadStopped]] | None,
+             started: float) -> _Outcome:
+    """Wait for the exposure's bytes, extract, build the catalog: the computing part.
+    ``read`` is None for an input its key already refuses."""
     out = _Outcome(ev, started)
+    if read is None:
+        out.skip = product_refusal(ev.key)
+        return out
     try:
         info, image = read.result()  # re-raises what stopped the read
+        out.etag = info.etag
+        if isinstance(image, ReadStopped):  # the headers say: not an imaging exposure
+            out.skip, out.bytes_read = image.reason, image.bytes_read
+            return out
         out.bytes_read = image.bytes_read
         extraction = extract(image, ev.params)
         duration = time.perf_counter() - started
@@ -228,24 +276,25 @@ def _failed(out: _Outcome, exc: BaseException) -> dict[str, Any]:
 
 
 def _write(out: _Outcome) -> dict[str, Any]:
-    """Store one exposure's result (the catalog, or the marker) and return its summary."""
+    """Store one exposure's result (the catalog, or a marker) and return its summary."""
     ev = out.ev
+    if out.skip is not None:
+        return _skip(ev, out.skip, out.etag, out.started, out.bytes_read)
     if out.error is not None or out.catalog is None:
         return _failed(out, out.error or RuntimeError("no catalog was made"))
-    store = open_store(ev.output)
     try:
-        store.put_atomic(ev.catalog_key, out.catalog, content_type="application/fits",
-                         metadata=out.metadata)
+        open_store(ev.output).put_atomic(ev.catalog_key, out.catalog,
+                                         content_type="application/fits",
+                                         metadata=out.metadata)
     except Exception as exc:
         return _failed(out, exc)
     summary = _summary(ev.obs_id, "done", ev.key, attempt=ev.attempt, started=out.started,
                        sources=out.sources, bytes_read=out.bytes_read,
                        output_key=ev.catalog_key)
-    if ev.attempt > 1:  # only an earlier dispatch can have left a marker, now stale
-        try:
-            store.delete(ev.error_key)
-        except (StorageError, ValueError) as exc:
-            summary["reason"] = f"catalog written; stale error marker not deleted: {exc}"
+    try:
+        _drop_stale_marker(ev)
+    except (StorageError, ValueError) as exc:
+        summary["reason"] = f"catalog written; stale error marker not deleted: {exc}"
     return summary
 
 
@@ -258,7 +307,7 @@ def _time_left(context: Any) -> float | None:
 def _logged(summary: dict[str, Any], context: Any) -> dict[str, Any]:
     # The daemon's log schema (event, level, timestamp), so local-pool lines read alike.
     _log({"event": "sep " + summary["status"], "timestamp": _now(),
-          "level": "info" if summary["status"] == "done" else "error",
+          "level": "error" if summary["status"] == "failed" else "info",
           "request_id": getattr(context, "aws_request_id", None),
           "mastmirror_version": __version__, **summary})
     return summary
@@ -273,14 +322,17 @@ def _work(items: list[Any], context: Any, started: float) -> list[dict[str, Any]
             events[i] = parse_event(item)
         except EventError as exc:
             refused[i] = exc
-    reads: dict[int, Future[tuple[ObjectInfo, Image]]] = {}
+    # An input its key already refuses is skipped without reading anything.
+    to_read = [i for i, ev in events.items() if product_refusal(ev.key) is None]
+    readable = set(to_read)
+    reads: dict[int, Future[tuple[ObjectInfo, Image | ReadStopped]]] = {}
     results: list[Future[dict[str, Any]]] = []
     slowest = 0.0  # the longest exposure so far, to judge whether one more fits
     out_of_time: str | None = None
     # One thread reads ahead, one writes behind: each keeps its own order, and a slow write
     # never holds up the next read.
     with ThreadPoolExecutor(1, "sep-read") as reader, ThreadPoolExecutor(1, "sep-write") as writer:
-        order = iter(events)
+        order = iter(to_read)
         first = next(order, None)
         if first is not None:
             reads[first] = reader.submit(_read, events[first])
@@ -290,6 +342,9 @@ def _work(items: list[Any], context: Any, started: float) -> list[dict[str, Any]
                 results.append(writer.submit(_refuse, refused[i], clock))
                 continue
             ev = events[i]
+            if i not in readable:  # its key refuses it: a skip marker, nothing read
+                results.append(writer.submit(_write, _extract(ev, None, clock)))
+                continue
             left = _time_left(context)
             if i != first and left is not None and left < 2 * slowest + 1.0:
                 out_of_time = out_of_time or (
@@ -313,10 +368,10 @@ def _work(items: list[Any], context: Any, started: float) -> list[dict[str, Any]
 def handler(event: Any, context: Any = None) -> dict[str, Any]:
     """Process one event (see lambda_sep.event and lambda_sep.contract); return its summary.
 
-    Never raises for a bad event or a bad image: the result is in the output store (catalog
-    or error marker) and in the returned summary, whose ``status`` is "done" or "failed". A
-    batch event returns ``{"batch": n, "results": [one summary per exposure, in order],
-    "duration_s", "peak_rss_mb"}``.
+    Never raises for a bad event or a bad image: the result is in the output store (catalog,
+    error marker or skip marker) and in the returned summary, whose ``status`` is "done",
+    "failed" or "skipped". A batch event returns ``{"batch": n, "results": [one summary per
+    exposure, in order], "duration_s", "peak_rss_mb"}``.
     """
     started = time.perf_counter()
     try:

@@ -59,7 +59,7 @@ class SepParams:
     """
 
     thresh: float = _spec(
-        3.0, "detection threshold in units of the per-pixel noise (of the filtered image "
+        3.5, "detection threshold in units of the per-pixel noise (of the filtered image "
         "for filter_type='matched')", _float_in(0.0, 1e4, lo_open=True), "a number > 0")
     minarea: int = _spec(10, "minimum number of pixels above threshold", _int_in(1, 10**6),
                          "an integer >= 1")
@@ -106,9 +106,9 @@ class SepParams:
     windowed: bool = _spec(True, "report windowed (XWIN-like) positions instead of "
                            "isophotal barycentres", lambda v: isinstance(v, bool),
                            "true or false")
-    mask_neighbours: bool = _spec(True, "leave other detections' pixels out of apertures "
-                                  "(SExtractor MASK_TYPE BLANK)", lambda v: isinstance(v, bool),
-                                  "true or false")
+    mask_neighbours: bool = _spec(True, "treat other detections' pixels in an aperture as "
+                                  "masked (filled with the aperture's mean, as bad pixels are)",
+                                  lambda v: isinstance(v, bool), "true or false")
     pixstack: int = _spec(3_000_000, "SEP pixel stack (pixels above threshold in flight)",
                           _int_in(10_000, 100_000_000), "an integer in [10000, 100000000]")
     sub_object_limit: int = _spec(4096, "SEP deblending sub-object limit",

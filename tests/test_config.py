@@ -46,6 +46,15 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
     assert Path(cfg.lambda_.bundle).is_absolute()
 
 
+def test_index_url_is_a_store_url_or_off(tmp_path: Path) -> None:
+    assert load_config(_write(tmp_path, "")).index_url == f"file://{tmp_path / 'index'}"
+    assert load_config(_write(tmp_path, '[index]\nurl = ""\n')).index_url is None
+    s3 = load_config(_write(tmp_path, '[index]\nurl = "s3://my-cats/index/"\n'))
+    assert s3.index_url == "s3://my-cats/index"
+    with pytest.raises(ConfigError, match=r"\[index\] url = 'ftp://x': expected a directory"):
+        load_config(_write(tmp_path, '[index]\nurl = "ftp://x"\n'))
+
+
 def test_output_urls(tmp_path: Path) -> None:
     s3 = load_config(_write(tmp_path, '[output]\nurl = "s3://my-cats/mirror/v1/"\n'))
     assert s3.output_url == "s3://my-cats/mirror/v1"

@@ -129,10 +129,12 @@ def test_planted_bad_products_are_refused_and_nothing_escapes(pipeline: Pipeline
     with StateStore(load_config(p.config_path).state_path, create=False) as s:
         reasons = dict(s.db.execute("SELECT name, reason FROM rejects").fetchall())
     assert all(reasons.values())
-    # Every file written is under the output directory and is a catalog of a good dataset.
+    # Every file written is under the output directory and is a catalog of a good dataset
+    # (or the detection index of those catalogs).
     written = [f for f in tmp_path.rglob("*") if f.is_file()]
     outside = [f for f in written if not (f.is_relative_to(p.output_dir)
                                           or f.is_relative_to(p.root / "state")
+                                          or f.is_relative_to(p.root / "index")
                                           or f == p.config_path)]
     assert outside == []
     assert all(f.name.endswith("_sep.fits") for f in p.output_dir.rglob("*") if f.is_file())

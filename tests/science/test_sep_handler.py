@@ -14,6 +14,7 @@ from typing import Any
 import boto3
 import botocore.retries.standard
 import pytest
+import realframes
 from astropy.io import fits
 
 import lambda_sep.handler as handler_mod
@@ -111,9 +112,9 @@ def test_retried_event_rewrites_identical_content(local: Local, exposure) -> Non
     assert "ATTEMPT" in _cards_differing(first, second)
 
 
-def test_reads_are_ranged_and_skip_samp_time(local: Local, exposure,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    key = local.put(exposure.obs_id, exposure.data)
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Every ranged read file stores serve from now on, as (start, stop)."""
     calls: list[tuple[int, int]] = []
     real = FileStore.read_range
 
@@ -122,6 +123,13 @@ def test_reads_are_ranged_and_skip_samp_time(local: Local, exposure,
         return real(self, k, start, stop)
 
     monkeypatch.setattr(FileStore, "read_range", recording)
+    return calls
+
+
+def test_reads_are_ranged_and_skip_samp_time(local: Local, exposure, reads: list,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    key = local.put(exposure.obs_id, exposure.data)
+    calls = reads
     monkeypatch.setattr(FileStore, "get", lambda *a: pytest.fail("whole-object read"))
     summary = handler(local.event(exposure.obs_id, key))
     assert summary["status"] == "done"
@@ -449,3 +457,92 @@ def test_s3_client_reused_across_invocations(s3env) -> None:
     first = storage.s3_client()
     handler(_s3_event(bucket, out_bucket, attempt=3))
     assert storage.s3_client() is first
+
+
+# ------------------------------------------------------------ skipped: not an imaging exposure
+
+SKIP_FIELDS = {"obs_id", "key", "attempt", "reason", "at", "mastmirror_version", "input_etag"}
+
+
+def _skip_marker(local: Local, key: str) -> Path:
+    return local.out / (key[:-5] + "_sep.skipped.json")
+
+
+def _assert_skipped(local: Local, key: str, summary: dict[str, Any], reason: str
+                    ) -> dict[str, Any]:
+    assert summary["status"] == "skipped", summary
+    assert reason in summary["reason"] and summary["output_key"] == key[:-5] + "_sep.skipped.json"
+    body = json.loads(_skip_marker(local, key).read_text())
+    assert set(body) == SKIP_FIELDS
+    assert body["reason"] == summary["reason"] and body["key"] == key
+    assert body["mastmirror_version"] == __version__
+    # The marker is all there is: no catalog, no error marker, no temporary files.
+    assert [p for p in local.out.rglob("*") if p.is_file()] == [_skip_marker(local, key)]
+    return body
+
+
+@pytest.mark.parametrize("obs_id", realframes.GRIZLI_GRISM)
+def test_real_grism_exposure_is_skipped_without_reading_pixels(
+        local: Local, obs_id: str, reads: list, capsys: pytest.CaptureFixture[str]) -> None:
+    data = realframes.frame(obs_id)
+    key = local.put(obs_id, data)
+    calls = reads
+    summary = handler(local.event(obs_id, key, attempt=2))
+    body = _assert_skipped(local, key, summary, "OBSTYPE = 'SPECTROSCOPIC'")
+    info = FileStore(str(local.archive)).head(key)
+    assert info is not None and body["input_etag"] == info.etag and body["attempt"] == 2
+    with fits.open(io.BytesIO(data)) as hdul:
+        sci_data = hdul.fileinfo(hdul.index_of("SCI"))["datLoc"]
+    assert calls and all(stop <= max(sci_data, 64 * 1024) for _, stop in calls)
+    assert summary["bytes_read"] == sum(b - a for a, b in calls) <= 64 * 1024
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["event"] == "sep skipped" and line["level"] == "info"
+
+
+def test_zero_exposure_time_is_skipped(local: Local) -> None:
+    with fits.open(io.BytesIO(realframes.frame("ib6o23rtq"))) as hdul:
+        hdul[0].header["EXPTIME"] = 0.0
+        buf = io.BytesIO()
+        hdul.writeto(buf)
+    key = local.put("ib6o23rtq", buf.getvalue())
+    _assert_skipped(local, key, handler(local.event("ib6o23rtq", key)),
+                    "EXPTIME = 0: no exposure")
+
+
+def test_ima_key_is_skipped_before_any_read(local: Local, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:
+    key = local.put("ibxy07p9q", realframes.untrimmed("ibxy07p9q"), suffix="ima")
+    for name in ("head", "read_range", "get"):
+        monkeypatch.setattr(FileStore, name, lambda *a, _n=name: pytest.fail(f"{_n} called"))
+    summary = handler(local.event("ibxy07p9q", key))
+    body = _assert_skipped(local, key, summary, "product type 'ima' is not catalogued")
+    assert body["input_etag"] is None and summary["bytes_read"] == 0
+
+
+def test_skip_deletes_stale_error_marker(local: Local) -> None:
+    key = local.put("ib6o21qmq", realframes.frame("ib6o21qmq"))
+    local.marker(key).parent.mkdir(parents=True)
+    local.marker(key).write_text('{"attempt": 1, "reason": "old"}')
+    summary = handler(local.event("ib6o21qmq", key, attempt=2))
+    _assert_skipped(local, key, summary, "SPECTROSCOPIC")
+    assert not local.marker(key).exists()
+
+
+@pytest.mark.parametrize("obs_id", [*realframes.SUBARRAYS, *realframes.GRIZLI_IMAGING])
+def test_real_imaging_exposure_catalogued(local: Local, obs_id: str) -> None:
+    """The real imaging frames go through: their catalog header says which noise and WCS
+    model were used and what the detection threshold was in effect."""
+    key = local.put(obs_id, realframes.frame(obs_id))
+    summary = handler(local.event(obs_id, key))
+    assert summary["status"] == "done", summary
+    h = fits.getheader(local.catalog(key), 1)
+    assert h["NAXIS2"] == summary["sources"] >= 1
+    assert h["WCSMODEL"] == "TAN" and h["WCSOK"] is True
+    assert h["DETNSIG"] == pytest.approx(1.169, abs=1e-3) and h["DETLEVEL"] > 0
+    assert h["DETLEVEL"] == pytest.approx(h["DETNSIG"] * h["NOISEMED"], rel=1e-5)
+    assert h["MASKPHOT"] == "SEP mean fill" and h["NDROPMSK"] >= 0
+    if obs_id in realframes.SUBARRAYS:
+        assert h["NOISESRC"] == "ERR" and h["NOISEFIX"] == 0 and h["NOISEWHY"] == ""
+    else:
+        assert h["NOISESRC"] == "background rms" and h["NOISEFIX"] > 0
+        assert h["NOISEWHY"].startswith("ERR unusable")
