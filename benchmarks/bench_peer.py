@@ -37,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
+# A worker imports the code its PYTHONPATH names (another checkout for ``baseline``).
+sys.path[:0] = [str(ROOT / "benchmarks")] if "--worker" in sys.argv else [
+    str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
@@ -74,14 +76,15 @@ def _decoded(key: str) -> tuple[Any, Any, Any]:
 
 
 def _bare_sep(sci: Any, err: Any, mask: Any) -> int:
-    """The handler's own Background + extract calls, its parameters and pixel stack."""
+    """The handler's own Background + extract calls, its parameters and pixel stack (the
+    first it tries)."""
     import sep
 
-    from lambda_sep.extract import gaussian_kernel
+    from lambda_sep.extract import FIRST_PIXSTACK, gaussian_kernel
     from lambda_sep.params import SepParams
 
     p = SepParams()
-    sep.set_extract_pixstack(p.pixstack)
+    sep.set_extract_pixstack(min(FIRST_PIXSTACK, p.pixstack))
     sep.set_sub_object_limit(p.sub_object_limit)
     data = sci.copy()
     bkg = sep.Background(data, mask=mask, bw=p.bw, bh=p.bh, fw=p.fw, fh=p.fh, fthresh=p.fthresh)
