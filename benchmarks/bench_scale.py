@@ -276,7 +276,8 @@ def _descendants(pid: int) -> list[int]:
 
 
 def bench_in_flight(n: int, in_flight: int, work: Path, *, checkout: Path = ROOT,
-                    batch: int = 1, dispatch_seconds: float = 5.0) -> dict[str, Any]:
+                    batch: int = 1, dispatch_seconds: float = 5.0,
+                    index: bool = False) -> dict[str, Any]:
     """The daemon (``mastmirror run``, Lambda executor) backfilling an n-exposure archive
     with up to ``in_flight`` datasets in flight, against an Invoke endpoint that answers 202
     at once and a moto S3 output store, each in its own process. Peak RSS per daemon
@@ -317,7 +318,11 @@ def bench_in_flight(n: int, in_flight: int, work: Path, *, checkout: Path = ROOT
         db = work / f"inflight-{n}-{in_flight}.db"
         cfg = work / f"inflight-{n}-{in_flight}.toml"
         extra = f"batch = {batch}\n" if batch != 1 else ""
-        cfg.write_text(
+        # The detection index (issue 14) is off unless asked for: a checkout from before it
+        # has none, and its Parquet writer is a fixed cost of its own (docs/BENCHMARKS.md).
+        knows_index = (checkout / "daemon" / "indexing.py").exists()
+        index_section = '[index]\nurl = ""\n' if knows_index and not index else ""
+        cfg.write_text(index_section +
             f'[mast]\nurl = "{mast_url}"\nsince = "2009-06-01"\n'
             f'[output]\nurl = "s3://mirror-out/catalogs"\n'
             f'[executor]\nkind = "lambda"\nconcurrency = 1000\nmax_in_flight = {in_flight}\n'
@@ -372,7 +377,7 @@ def bench_in_flight(n: int, in_flight: int, work: Path, *, checkout: Path = ROOT
     done = next((s for s in samples if s[2] >= target), None)
     rate_all = (done[2] / (done[0] - first[0])) if done and first and done[0] > first[0] else None
     main_pid = daemon.pid
-    return {"exposures": n, "max_in_flight": in_flight, "batch": batch,
+    return {"exposures": n, "max_in_flight": in_flight, "batch": batch, "index": index,
             "reached": samples[-1][2] if samples else 0,
             "main_peak_rss_mb": round(peak.get(main_pid, 0.0)),
             "children_peak_rss_mb": sorted(round(v) for k, v in peak.items() if k != main_pid),
@@ -392,6 +397,8 @@ def main() -> int:
     ap.add_argument("--in-flight", default="10000,100000",
                     help="max_in_flight values for 'inflight' (at each size)")
     ap.add_argument("--batch", type=int, default=1, help="[executor] batch for 'inflight'")
+    ap.add_argument("--index", action="store_true",
+                    help="'inflight': keep the detection index on (its default)")
     ap.add_argument("--checkout", type=Path, default=ROOT,
                     help="run the daemon of another checkout for 'inflight' (before/after)")
     ap.add_argument("--baseline", type=Path,
@@ -420,7 +427,8 @@ def main() -> int:
             if "inflight" in only:
                 for k in (int(x) for x in args.in_flight.split(",")):
                     print(json.dumps({"inflight": bench_in_flight(
-                        n, k, work, checkout=args.checkout.resolve(), batch=args.batch)}),
+                        n, k, work, checkout=args.checkout.resolve(), batch=args.batch,
+                        index=args.index)}),
                         flush=True)
             for f in work.glob("*.db*"):
                 f.unlink()
