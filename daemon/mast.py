@@ -72,7 +72,7 @@ class _TimeoutAdapter(HTTPAdapter):
 # and holds every page of an answer until the last arrives: small pages keep the daemon's
 # memory flat (a 50,000-row product page parsed costs ~90 MB at once), at the price of a few
 # more requests per call (docs/BENCHMARKS.md, "in flight").
-PAGE_SIZE = 2000
+PAGE_SIZE = 1000
 
 
 class MastClient:
