@@ -126,8 +126,51 @@ def _print_cycle(summary: Any) -> None:
     click.echo(head)
     click.echo(f"this cycle: {summary.dispatched} dispatched, {summary.done} done, "
                f"{summary.failed} failed in {summary.seconds:.1f} s")
-    click.echo(f"datasets: {c['done']} done, {c['failed']} failed, {c['new']} new, "
+    if summary.resweep is not None:
+        click.echo(_resweep_line(summary.resweep))
+    click.echo(f"datasets: {c['done']} done, {c['failed']} failed, {c['skipped']} skipped, "
+               f"{c['new']} new ({summary.waiting} waiting for the archive), "
                f"{c['dispatched']} in flight, {c['total']} total")
+
+
+def _resweep_line(outcome: Any) -> str:
+    from daemon.mjd import mjd_to_iso
+
+    if not outcome.ok:
+        return f"resweep: FAILED ({outcome.error})"
+    lo, hi = (mjd_to_iso(m)[:10] for m in outcome.window)
+    return (f"resweep {lo} to {hi}: MAST lists {outcome.listed} exposure(s), the database "
+            f"holds {outcome.recorded}; {outcome.new} added")
+
+
+@main.command("resweep")
+@click.option("--all", "everything", is_flag=True,
+              help="Walk the whole archive again (from [mast] since), not the last "
+                   "[mast] resweep_days.")
+@click.pass_obj
+def resweep_command(obj: _Ctx, everything: bool) -> None:
+    """Query MAST again for recent (or all) releases; record what was missed."""
+    from daemon.discovery import resweep
+    from daemon.service import make_mast_client
+    from state.store import StateStore
+
+    config = obj.logging()
+    try:
+        store = StateStore(config.state_path, create=False)
+    except FileNotFoundError as exc:
+        _fail(str(exc), EXIT_FAILED)
+    client = make_mast_client(config)
+    try:
+        with store:
+            outcome = resweep(store, client, config.mast, everything=everything)
+    finally:
+        client.close()
+    if outcome is None:
+        _fail("nothing to resweep: no poll has recorded a cursor yet (run the daemon first)",
+              EXIT_FAILED)
+    click.echo(_resweep_line(outcome))
+    if not outcome.ok:
+        sys.exit(EXIT_FAILED)
 
 
 @main.command()

@@ -53,6 +53,14 @@ def _check_http_url(value: str) -> str:
     return value.rstrip("/")
 
 
+# MAST's intentType values (CAOM's recorded answers, astroquery's caom.json).
+Intent = Literal["science", "calibration"]
+
+
+def _science() -> list[Intent]:
+    return ["science"]
+
+
 class MastSection(_Section):
     """``[mast]``: where and what to discover."""
 
@@ -65,14 +73,24 @@ class MastSection(_Section):
     overlap_days: Annotated[float, Field(ge=0, le=365)] = 3.0
     batch: Annotated[int, Field(ge=1, le=20000)] = 2000
     timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 300.0
+    intent: list[Intent] = Field(default_factory=_science)  # [] follows both
+    exclude_filters: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9;_-]{1,32}$")]] = Field(
+        default_factory=lambda: ["G102", "G141"])
+    resweep_days: Annotated[float, Field(gt=0, le=36600)] = 30.0
 
     _url = field_validator("url")(_check_http_url)
+
+    @field_validator("exclude_filters")
+    @classmethod
+    def _upper(cls, value: list[str]) -> list[str]:
+        return [v.upper() for v in value]
 
 
 class ArchiveSection(_Section):
     """``[archive]``: the bucket that holds the exposures."""
 
     bucket: str = "stpubdata"
+    anonymous: bool = True
     wait_hours: Annotated[float, Field(gt=0, le=8760)] = 48.0
     recheck_seconds: Annotated[float, Field(ge=0, le=86400)] = 300.0
 
@@ -189,6 +207,7 @@ class ScheduleSection(_Section):
     poll_minutes: Annotated[float, Field(gt=0, le=10080)] = 60.0
     reconcile_seconds: Annotated[float, Field(gt=0, le=86400)] = 30.0
     dispatch_seconds: Annotated[float, Field(gt=0, le=86400)] = 5.0
+    resweep_hours: Annotated[float, Field(ge=0, le=87600)] = 24.0  # 0: never by itself
 
 
 class LogSection(_Section):
@@ -233,9 +252,11 @@ class Config(_Section):
 
 
 def handler_env(config: Config) -> dict[str, str]:
-    """The environment the extraction function needs: its allow-lists (the local pool's
-    workers get it, and ``lambda deploy`` sets it on the function)."""
-    return function_env(config.archive.bucket, config.output_url)
+    """The environment the extraction function needs: its allow-lists and whether it reads
+    the archive unsigned (the local pool's workers get it, and ``lambda deploy`` sets it on
+    the function)."""
+    return function_env(config.archive.bucket, config.output_url,
+                        anonymous=config.archive.anonymous)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -50,6 +50,8 @@ def dispatch(store: StateStore, executor: Executor, config: Config, *, run_id: s
     """Send new datasets until the in-flight bound (or ``limit``) is reached or none remain."""
     out = DispatchOutcome()
     bound = config.executor.in_flight_limit
+    if executor.in_flight_cap is not None:  # what Lambda can run at once, when less
+        bound = min(bound, executor.in_flight_cap)
     while True:
         room = bound - store.count_in_flight()
         if limit is not None:

@@ -60,6 +60,8 @@ class Executor(Protocol):
     """What dispatch and the service need from an executor."""
 
     kind: str
+    #: The most datasets worth having in flight, below ``[executor]``'s bound (None: no cap).
+    in_flight_cap: int | None
 
     def submit(self, events: Sequence[Mapping[str, Any]]) -> list[Submitted]:
         """Hand the events over; one Submitted per exposure, in order."""
@@ -134,6 +136,7 @@ class LocalExecutor:
     """
 
     kind = "local"
+    in_flight_cap: int | None = None  # the pool queues: [executor]'s bound is the bound
 
     def __init__(self, concurrency: int, *, env: Mapping[str, str], timeout_s: float,
                  on_result: Callable[[dict[str, Any]], None] | None = None,

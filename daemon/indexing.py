@@ -202,6 +202,10 @@ class Indexer:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+        if self._thread is None or not self._thread.is_alive():
+            with self._lock:  # a step run by the caller (run --once) may hold it
+                if self._writer is not None:
+                    self._writer.store.close()
 
     def _step(self) -> int:
         assert self._writer is not None and self._backlog is not None

@@ -108,6 +108,12 @@ class IndexStore:
         for _ in self._pool.map(fn, items):
             pass
 
+    def close(self) -> None:
+        """Stop the I/O threads (a later call starts them again)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
     def delete(self, name: str) -> None:
         """Remove ``name``; a missing object is fine."""
         try:

@@ -127,7 +127,8 @@ def policy(obj: _HasConfig, *, which: str | None, region: str | None,
             else:
                 doc = deploy.execution_role_policy(
                     archive_bucket=config.archive.bucket, output_url=config.output_url,
-                    function=config.executor.function, region=region, account=account)
+                    function=config.executor.function, region=region, account=account,
+                    anonymous=config.archive.anonymous)
     except deploy.DeployConfigError as exc:
         _fail(str(exc), EXIT_CONFIG)
     click.echo(json.dumps(doc, indent=2))
@@ -160,6 +161,7 @@ def function_spec(config: Config, *, reserved_concurrency: int | None = None) ->
         environment=handler_env(config), async_retries=lam.async_retries,
         max_event_age_seconds=lam.max_event_age_seconds,
         log_retention_days=lam.log_retention_days, reserved_concurrency=reserved,
+        concurrency=config.executor.concurrency if config.executor.kind == "lambda" else 0,
         description=f"mastmirror {__version__}: SEP source extraction of HST exposures")
 
 
@@ -188,6 +190,8 @@ def deploy(obj: _HasConfig, *, bundle_path: Path | None,
         _fail(f"AWS refused the deployment: {exc}")
     click.echo(f"{report.function_arn}: " + "; ".join(report.actions))
     click.echo(f"CodeSha256 {report.code_sha256} ({report.code_location})")
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if config.executor.kind != "lambda":
         click.echo('note: [executor] kind is "local"; set kind = "lambda" for the daemon to '
                    "use the function")

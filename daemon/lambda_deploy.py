@@ -26,6 +26,7 @@ import botocore.exceptions
 
 from daemon.config import LOG_RETENTION_DAYS
 from daemon.lambda_bundle import DIRECT_UPLOAD_LIMIT
+from daemon.lambda_invoke import capacity_warning, read_capacity
 from lambda_sep.contract import ARCHIVE_PREFIX  # the function reads nothing else of the archive
 
 HANDLER = "lambda_sep.handler.handler"
@@ -67,6 +68,7 @@ class FunctionSpec:
     max_event_age_seconds: int
     log_retention_days: int
     reserved_concurrency: int | None = None  # None: draw from the account's unreserved pool
+    concurrency: int = 0  # runs at once the daemon will ask for ([executor] concurrency)
     description: str = "mastmirror SEP source extraction"
     handler: str = HANDLER
 
@@ -90,6 +92,7 @@ class DeployReport:
     code_sha256: str = ""
     code_location: str = "direct upload"
     actions: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what the operator should know
 
 
 # -- names -------------------------------------------------------------------------------
@@ -136,10 +139,13 @@ def _object_arn(bucket: str, prefix: str) -> str:
 # -- policies ----------------------------------------------------------------------------
 
 def execution_role_policy(*, archive_bucket: str, output_url: str, function: str,
-                          region: str = "*", account: str = "*") -> dict[str, Any]:
+                          region: str = "*", account: str = "*",
+                          anonymous: bool = False) -> dict[str, Any]:
     """The least-privilege policy of the function's execution role.
 
-    Read: ``s3:GetObject`` on ``<archive>/hst/public/*``, and ``s3:ListBucket`` on the
+    Read (only when the archive is read signed, ``anonymous`` false: a private mirror; an
+    unsigned read of the public archive is the bucket policy's to allow, not the role's):
+    ``s3:GetObject`` on ``<archive>/hst/public/*``, and ``s3:ListBucket`` on the
     archive limited to that prefix: without it S3 answers 403 rather than 404 for an object
     that is not there yet, and the handler could not tell "not in the bucket yet" (worth a
     retry) from "forbidden" (not).
@@ -153,7 +159,7 @@ def execution_role_policy(*, archive_bucket: str, output_url: str, function: str
     """
     name = function_name(function)
     statements: list[dict[str, Any]] = []
-    archive = s3_location(archive_bucket)
+    archive = None if anonymous else s3_location(archive_bucket)
     if archive is not None:
         statements.append({"Sid": "ReadArchiveImages", "Effect": "Allow",
                            "Action": "s3:GetObject",
@@ -183,10 +189,11 @@ def trust_policy() -> dict[str, Any]:
 
 def daemon_policy(*, function: str, output_url: str, region: str = "*",
                   account: str = "*") -> dict[str, Any]:
-    """The daemon's policy: invoke the function, list and read results under the prefix.
+    """The daemon's policy: invoke the function, read what Lambda lets it run at once, list
+    and read results under the prefix.
 
-    The daemon never reads the archive (MAST tells it the keys) and never writes the output
-    store (the function does).
+    The daemon never writes the output store (the function does), and reads the public
+    archive unsigned when it reads it at all (``[archive] anonymous``).
     """
     name = function_name(function)
     fn_region, fn_account = arn_region_account(function)
@@ -194,7 +201,13 @@ def daemon_policy(*, function: str, output_url: str, region: str = "*",
     statements: list[dict[str, Any]] = [{
         "Sid": "InvokeExtraction", "Effect": "Allow", "Action": "lambda:InvokeFunction",
         # The unqualified ARN and its versions/aliases (ARN:qualifier).
-        "Resource": [fn_arn, f"{fn_arn}:*"]}]
+        "Resource": [fn_arn, f"{fn_arn}:*"]}, {
+        # The in-flight bound is kept within what Lambda can run (daemon.lambda_invoke).
+        "Sid": "ReadFunctionConcurrency", "Effect": "Allow",
+        "Action": "lambda:GetFunctionConcurrency", "Resource": fn_arn}, {
+        # GetAccountSettings has no resource type: IAM grants it on "*" only.
+        "Sid": "ReadAccountConcurrency", "Effect": "Allow",
+        "Action": "lambda:GetAccountSettings", "Resource": "*"}]
     output = s3_location(output_url)
     if output is not None:
         bucket, prefix = output
@@ -361,6 +374,7 @@ def deploy(spec: FunctionSpec, bundle: Path, *, lambda_client: Any = None,
 
     _ensure_async_config(lam, spec, report)
     _ensure_concurrency(lam, spec, report)
+    _check_capacity(lam, spec, report)
     if not report.actions:
         report.actions.append("nothing to change")
     return report
@@ -431,6 +445,23 @@ def _ensure_async_config(lam: Any, spec: FunctionSpec, report: DeployReport) -> 
     report.async_config_updated = True
     report.actions.append(f"asynchronous invocation: {spec.async_retries} retries, events "
                           f"dropped after {spec.max_event_age_seconds} s")
+
+
+def _check_capacity(lam: Any, spec: FunctionSpec, report: DeployReport) -> None:
+    """Warn when the account (or the reservation) lets Lambda run fewer at once than the
+    daemon will ask for: new accounts get far less than the documented 1,000."""
+    if spec.concurrency <= 0:
+        return
+    try:
+        capacity = read_capacity(lam, spec.name)
+    except AWS_ERRORS as exc:
+        report.warnings.append(
+            f"could not read the account's Lambda concurrency (GetAccountSettings: {exc}); "
+            f"check it can run [executor] concurrency = {spec.concurrency} at once")
+        return
+    warning = capacity_warning(capacity, spec.concurrency, spec.name)
+    if warning is not None:
+        report.warnings.append(warning)
 
 
 def _ensure_concurrency(lam: Any, spec: FunctionSpec, report: DeployReport) -> None:

@@ -29,6 +29,7 @@ profile, role; ``AWS_ENDPOINT_URL_LAMBDA`` or ``AWS_ENDPOINT_URL`` for a local e
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -74,6 +75,59 @@ def lambda_client(*, threads: int, retry_mode: RetryMode = "standard", max_attem
     # A Session of its own: the default session is not safe to create clients from
     # concurrently, and the daemon may rebuild its executor on SIGHUP.
     return boto3.session.Session().client("lambda", config=config)
+
+
+@dataclasses.dataclass(frozen=True)
+class Capacity:
+    """How many runs of the function Lambda allows at once (GetAccountSettings'
+    ``AccountLimit`` and GetFunctionConcurrency)."""
+
+    account: int  # ConcurrentExecutions: the account's limit in this region
+    unreserved: int  # UnreservedConcurrentExecutions: what functions without a reservation share
+    reserved: int | None  # the function's reserved concurrency, if it has one
+
+    @property
+    def runnable(self) -> int:
+        """At most this many runs at once: the reservation, else the unreserved pool (which
+        every function without one shares)."""
+        return self.reserved if self.reserved is not None else self.unreserved
+
+    def describe(self) -> str:
+        """Where ``runnable`` comes from, in words."""
+        if self.reserved is not None:
+            return f"its reserved concurrency is {self.reserved}"
+        return (f"it has no reserved concurrency and the account's unreserved pool is "
+                f"{self.unreserved} (account limit {self.account})")
+
+
+def read_capacity(client: Any, function_name: str) -> Capacity:
+    """The account's Lambda concurrency and the function's reservation, read from Lambda.
+
+    New accounts get far less than the documented default of 1,000 (AWS raises it with use);
+    a function without a reservation shares the unreserved pool with every other function.
+    botocore errors propagate (the caller decides what a missing answer means).
+    """
+    limit = client.get_account_settings()["AccountLimit"]
+    try:
+        reserved = client.get_function_concurrency(FunctionName=function_name).get(
+            "ReservedConcurrentExecutions")
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+            raise
+        reserved = None  # not deployed yet: it would draw from the unreserved pool
+    return Capacity(int(limit["ConcurrentExecutions"]),
+                    int(limit["UnreservedConcurrentExecutions"]),
+                    None if reserved is None else int(reserved))
+
+
+def capacity_warning(capacity: Capacity, wanted: int, function_name: str) -> str | None:
+    """Why ``wanted`` runs at once ([executor] concurrency) cannot all run, or None."""
+    if wanted <= capacity.runnable:
+        return None
+    return (f"Lambda runs at most {capacity.runnable} of {function_name} at once "
+            f"({capacity.describe()}), fewer than [executor] concurrency = {wanted}: events "
+            "beyond that wait in Lambda's queue and would age into timeouts; ask AWS for a "
+            "higher limit (Service Quotas, 'Concurrent executions') or lower the concurrency")
 
 
 def _not_sent(events: Sequence[Mapping[str, Any]], reason: str, kind: str) -> list[Submitted]:
@@ -150,6 +204,8 @@ class LambdaExecutor:
     """Sends events to one Lambda function as asynchronous invocations."""
 
     kind = "lambda"
+    #: At most this many datasets in flight (what Lambda can run at once), when known.
+    in_flight_cap: int | None = None
 
     def __init__(self, function_name: str, *, concurrency: int = 32, processes: int = 1,
                  retry_mode: RetryMode = "standard", max_attempts: int = 6,
@@ -186,11 +242,39 @@ class LambdaExecutor:
 
     @classmethod
     def from_config(cls, config: Config) -> LambdaExecutor:
-        """The executor ``[executor]`` and ``[lambda]`` describe."""
+        """The executor ``[executor]`` and ``[lambda]`` describe, its in-flight bound kept
+        within what Lambda can run (``limit_in_flight``)."""
         lam = config.lambda_
-        return cls(config.executor.function, concurrency=lam.invoke_threads,
-                   processes=lam.invoke_processes, retry_mode=lam.invoke_retry_mode,
-                   max_attempts=lam.invoke_max_attempts)
+        executor = cls(config.executor.function, concurrency=lam.invoke_threads,
+                       processes=lam.invoke_processes, retry_mode=lam.invoke_retry_mode,
+                       max_attempts=lam.invoke_max_attempts)
+        executor.limit_in_flight(config.executor.in_flight_limit, batch=config.executor.batch)
+        return executor
+
+    def limit_in_flight(self, wanted: int, client: Any = None, *, batch: int = 1) -> int | None:
+        """Read what Lambda can run of the function at once and cap the datasets in flight
+        there (``in_flight_cap``: that many runs of ``batch`` datasets each), warning once
+        when the runs ``wanted`` datasets take are more; the cap, or None when Lambda would
+        not say (the configured bound stands, with a warning)."""
+        name = self.function_name
+        try:
+            capacity = read_capacity(client or lambda_client(threads=1), name)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
+                KeyError, TypeError, ValueError) as exc:
+            log.warning("Lambda concurrency unknown; keeping the configured in-flight bound",
+                        function=name, bound=wanted, error=f"{type(exc).__name__}: {exc}")
+            return None
+        runs = math.ceil(wanted / batch)  # a batch event is one run
+        warning = capacity_warning(capacity, runs, name)
+        if warning is None:
+            log.info("Lambda concurrency", function=name, runnable=capacity.runnable,
+                     in_flight=wanted)
+            return None
+        # At least one in flight: a function Lambda runs none of is the warning's to say.
+        self.in_flight_cap = max(1, capacity.runnable) * batch
+        log.warning("in-flight bound lowered to what Lambda can run", function=name,
+                    configured=wanted, bound=self.in_flight_cap, reason=warning)
+        return self.in_flight_cap
 
     @property
     def client(self) -> Any:

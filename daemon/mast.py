@@ -36,6 +36,7 @@ class Observation:
     obsid: str
     obs_id: str
     release_mjd: float
+    filters: str = ""  # CAOM's ``filters`` ("F160W", "G141"; ";"-separated when several)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class Product:
     obsid: str
     parent_obsid: str
     subgroup: str
+    data_uri: str = ""  # "mast:HST/product/<file>": what MAST's path lookup is asked about
+    filters: str = ""
 
 
 class _TimeoutAdapter(HTTPAdapter):
@@ -74,15 +77,26 @@ class _TimeoutAdapter(HTTPAdapter):
 # more requests per call (docs/BENCHMARKS.md, "in flight").
 PAGE_SIZE = 1000
 
+# MAST's path lookup service (astroquery.mast.utils.get_cloud_paths): a GET with one ``uri``
+# parameter per product, answered with {uri: {"status_code": 200, "path": "/hst/public/..."}}
+# (``path`` null and 404 when MAST has none). astroquery sends 40 URIs a request, "to avoid
+# 414 Client Error: Request-URI Too Large".
+PATH_LOOKUP = "/api/v0.1/path_lookup/"
+PATH_LOOKUP_BATCH = 40
+
 
 class MastClient:
     """Queries one MAST server for observations released in a window and their products."""
 
     def __init__(self, url: str, *, collection: str, instrument: str, timeout_s: float = 300.0,
-                 batch: int = 2000, page_size: int = PAGE_SIZE, retries: int = 2) -> None:
+                 batch: int = 2000, page_size: int = PAGE_SIZE, retries: int = 2,
+                 intent: Sequence[str] = ()) -> None:
+        """``intent``: MAST's ``intentType`` values to ask for ("science", "calibration");
+        empty asks for every observation."""
         self.url = url.rstrip("/")
         self.collection = collection
         self.instrument = instrument
+        self.intent = list(intent)
         self.batch = batch
         self._obs = ObservationsClass()
         portal = self._obs._portal_api_connection
@@ -111,15 +125,23 @@ class MastClient:
         self._obs._session.close()
 
     def observations(self, lo_mjd: float, hi_mjd: float) -> list[Observation]:
-        """Every observation of the collection and instrument released in [lo, hi] (MJD)."""
-        responses = self._call(lambda: self._obs.query_criteria_async(
-            obs_collection=self.collection, instrument_name=self.instrument,
-            t_obs_release=[lo_mjd, hi_mjd]), "observations")
+        """Every observation of the collection and instrument released in [lo, hi] (MJD),
+        of the intents asked for."""
+        criteria: dict[str, Any] = {"obs_collection": self.collection,
+                                    "instrument_name": self.instrument,
+                                    "t_obs_release": [lo_mjd, hi_mjd]}
+        if self.intent:
+            # Without it MAST answers calibration observations too (astroquery's remote
+            # tests query intentType="calibration" and get only those).
+            criteria["intentType"] = self.intent
+        responses = self._call(lambda: self._obs.query_criteria_async(**criteria),
+                               "observations")
         out = []
         for row in _rows(responses, "observations"):
             try:
                 out.append(Observation(str(row["obsid"]), str(row["obs_id"]),
-                                       float(row["t_obs_release"])))
+                                       float(row["t_obs_release"]),
+                                       str(row.get("filters") or "")))
             except (KeyError, TypeError, ValueError) as exc:
                 raise MastError(f"MAST observation row without a usable obsid, obs_id or "
                                 f"t_obs_release ({exc!r}): {str(row)[:200]}") from None
@@ -137,7 +159,38 @@ class MastClient:
                     obs_id=str(row.get("obs_id") or ""),
                     obsid=str(row.get("obsID") or ""),
                     parent_obsid=str(row.get("parent_obsid") or row.get("obsID") or ""),
-                    subgroup=str(row.get("productSubGroupDescription") or ""))
+                    subgroup=str(row.get("productSubGroupDescription") or ""),
+                    data_uri=str(row.get("dataURI") or ""),
+                    filters=str(row.get("filters") or ""))
+
+    def cloud_paths(self, uris: Sequence[str]) -> dict[str, str | None]:
+        """Where MAST says each product lives in the cloud (``hst/public/...``, without the
+        leading slash), or None where it knows no path; asked ``PATH_LOOKUP_BATCH`` at a
+        time, as astroquery asks."""
+        out: dict[str, str | None] = {}
+        for start in range(0, len(uris), PATH_LOOKUP_BATCH):
+            chunk = list(uris[start:start + PATH_LOOKUP_BATCH])
+            response = self._call(lambda c=chunk: [self._lookup(c)], "path lookup")[0]
+            try:
+                body = response.json()
+            except ValueError as exc:
+                raise MastError(f"MAST path lookup answer is not valid JSON: "
+                                f"{_short(exc)}") from None
+            if not isinstance(body, dict):
+                raise MastError("MAST path lookup answer is not a JSON object")
+            for uri in chunk:
+                entry = body.get(uri)
+                if not isinstance(entry, dict):
+                    raise MastError(f"MAST path lookup answer has no entry for {uri!r}")
+                path = entry.get("path")
+                out[uri] = path.lstrip("/") if isinstance(path, str) and path else None
+        return out
+
+    def _lookup(self, uris: list[str]) -> requests.Response:
+        response = self._obs._session.get(self.url + PATH_LOOKUP,
+                                          params={"uri": uris, "use_cloud_path": True})
+        response.raise_for_status()
+        return response
 
     def _call(self, fn: Any, what: str) -> list[requests.Response]:
         try:
@@ -207,8 +260,9 @@ def _rows(responses: list[requests.Response], what: str) -> Iterator[dict[str, A
 
 # The keys of MAST's answer envelope, its paging, and the row columns this module reads.
 _KEPT = frozenset({"status", "msg", "data", "fields", "paging", "rowsFiltered",
-                   "obsid", "obs_id", "t_obs_release",
-                   "productFilename", "obsID", "parent_obsid", "productSubGroupDescription"})
+                   "obsid", "obs_id", "t_obs_release", "filters",
+                   "productFilename", "obsID", "parent_obsid", "productSubGroupDescription",
+                   "dataURI"})
 
 
 def _kept(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -12,11 +12,12 @@ What a scrape answers (names ``mastmirror_*``):
   initialisation of new containers and runs that left no catalog are not in it;
 * counters of this daemon process since it started (Prometheus' ``rate()`` turns them into
   rates): ``dispatched_datasets_total``, ``invocations_total``,
-  ``reconciled_total{outcome}``, ``reconcile_passes_total``, ``polls_total{ok}``, and
-  ``errors_total{system, kind}``: MAST polls that failed (timeout, connection, http, answer,
-  other), S3 request attempts that failed (by error code: botocore retries most of them) and
-  reconcile passes the output store stopped (retryable, refused), and datasets whose
-  invocation Lambda refused after botocore's retries (by error code).
+  ``reconciled_total{outcome}``, ``reconcile_passes_total``, ``polls_total{ok}`` (resweeps
+  included), and ``errors_total{system, kind}``: MAST polls and resweeps that failed
+  (timeout, connection, http, answer, other), S3 request attempts that failed (by error
+  code: botocore retries most of them) and reconcile passes the output store stopped
+  (retryable, refused), and datasets whose invocation Lambda refused after botocore's
+  retries (by error code).
 
 The endpoint is off unless ``listen`` names an address; the counters are kept either way.
 """
@@ -128,7 +129,8 @@ class Metrics:
                                   ["outcome"], registry=self.registry)
         self.passes = Counter(f"{_NS}_reconcile_passes", "Reconcile passes completed",
                               registry=self.registry)
-        self.polls = Counter(f"{_NS}_polls", "MAST polls", ["ok"], registry=self.registry)
+        self.polls = Counter(f"{_NS}_polls", "MAST polls (resweeps included)", ["ok"],
+                             registry=self.registry)
         self.errors = Counter(f"{_NS}_errors", "Errors of the external systems, by kind",
                               ["system", "kind"], registry=self.registry)
         self._server: WSGIServer | None = None

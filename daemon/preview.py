@@ -81,7 +81,7 @@ def preview(config: Config, obs_id: str, out: Path | None = None) -> Path:
         raise PreviewError(f"{obs_id}: catalog {key} is missing from {config.output_url}")
     with fits.open(io.BytesIO(raw)) as hdul:
         catalog = hdul[1].data.copy()
-    archive = storage.open_store(config.archive.bucket)
+    archive = storage.open_store(config.archive.bucket, anonymous=config.archive.anonymous)
     info = archive.head(row["input_key"])
     if info is None:
         raise PreviewError(f"{obs_id}: exposure {row['input_key']} is missing from "

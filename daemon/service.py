@@ -9,6 +9,7 @@ SIGHUP reloads config.toml, or logs why it cannot and keeps the old configuratio
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import signal
 import threading
@@ -25,7 +26,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from daemon import logs
 from daemon.config import Config, ConfigError, handler_env, load_config
-from daemon.discovery import PollOutcome, poll
+from daemon.discovery import PollOutcome, poll, resweep, resweep_due
 from daemon.dispatch import dispatch, unsent
 from daemon.executors import Executor, LocalExecutor
 from daemon.indexing import Indexer
@@ -61,7 +62,7 @@ def make_mast_client(config: Config) -> MastClient:
     """A MAST client for ``[mast]``."""
     m = config.mast
     return MastClient(m.url, collection=m.collection, instrument=m.instrument,
-                      timeout_s=m.timeout_seconds, batch=m.batch)
+                      timeout_s=m.timeout_seconds, batch=m.batch, intent=m.intent)
 
 
 @dataclass
@@ -69,17 +70,20 @@ class CycleSummary:
     """What ``run --once`` did, for the final report and the exit code."""
 
     poll: PollOutcome | None = None
+    resweep: PollOutcome | None = None  # when one was due
     dispatched: int = 0
     done: int = 0
     failed: int = 0
     seconds: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
+    waiting: int = 0  # left held: their input is not in the archive bucket yet
     fatal: str | None = None
 
     @property
     def ok(self) -> bool:
         """True when discovery succeeded (failed datasets are recorded, not a run failure)."""
-        return self.poll is not None and self.poll.ok and self.fatal is None
+        return (self.poll is not None and self.poll.ok and self.fatal is None
+                and (self.resweep is None or self.resweep.ok))
 
 
 class Service:
@@ -97,6 +101,8 @@ class Service:
         self._wake = threading.Event()
         self._scheduler: BackgroundScheduler | None = None
         self._last_poll: PollOutcome | None = None
+        # One discovery walk at a time: the poll and the resweep share the MAST client.
+        self._mast_lock = threading.Lock()
         self._jobs_running = 0
         self._jobs_lock = threading.Lock()
         #: Set when the state database cannot be written: the daemon stops and exits 1.
@@ -227,11 +233,25 @@ class Service:
             if progress:
                 progress(done, total, so_far)
 
-        with self._job("poll"):
+        with self._job("poll"), self._mast_lock:
             outcome = poll(self.store, self.mast, self.config.mast, progress=windows)
             self._last_poll = outcome
             if self.metrics is not None:
                 self.metrics.polled(outcome)
+        return outcome
+
+    def resweep_job(self) -> PollOutcome | None:
+        """Query MAST again for the last ``[mast] resweep_days`` of releases, if one is due
+        (``[schedule] resweep_hours`` since the last)."""
+        assert self.store and self.mast
+        outcome = None
+        with self._job("resweep"), self._mast_lock:
+            if resweep_due(self.store, self.config.schedule.resweep_hours):
+                outcome = resweep(self.store, self.mast, self.config.mast)
+                if outcome is not None and outcome.new and self._scheduler is not None:
+                    self._scheduler.modify_job("dispatch", next_run_time=_now_dt())
+                if outcome is not None and self.metrics is not None:
+                    self.metrics.polled(outcome)  # a resweep is a poll of its own kind
         return outcome
 
     def dispatch_job(self) -> int:
@@ -273,7 +293,8 @@ class Service:
     def run_forever(self) -> int:
         """The daemon loop; returns the exit code."""
         sched = BackgroundScheduler(
-            executors={"default": JobThreads(3)},
+            # poll, resweep (waiting for the poll's MAST client at worst), dispatch, reconcile
+            executors={"default": JobThreads(4)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone="UTC")
         self._scheduler = sched
@@ -315,6 +336,21 @@ class Service:
                       next_run_time=_now_dt())
         sched.add_job(self.dispatch_job, "interval", seconds=s.dispatch_seconds, id="dispatch")
         sched.add_job(self.reconcile_job, "interval", seconds=s.reconcile_seconds, id="reconcile")
+        self._schedule_resweep(sched)
+
+    def _schedule_resweep(self, sched: BackgroundScheduler) -> None:
+        """The resweep job, every ``resweep_hours`` counted from the last resweep (or the
+        backfill), so a restart neither repeats one nor puts one off; none at 0."""
+        if sched.get_job("resweep") is not None:
+            sched.remove_job("resweep")
+        hours = self.config.schedule.resweep_hours
+        if hours <= 0:
+            return
+        assert self.store
+        last = self.store.last_poll_started("resweep") or self.store.first_poll_started()
+        first = max(time.time(), (last or time.time()) + hours * 3600.0)
+        sched.add_job(self.resweep_job, "interval", hours=hours, id="resweep",
+                      next_run_time=dt.datetime.fromtimestamp(first, dt.UTC))
 
     def _await_jobs(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -340,6 +376,7 @@ class Service:
             self.indexer.start()
         with _signals(self.stop_event, self._reload), _Progress(progress) as bar:
             summary.poll = self.poll_job(progress=bar.poll)
+            summary.resweep = self.resweep_job()
             start_counts = self.store.counts()
             todo = start_counts["new"] + start_counts["dispatched"]
             bar.start_work(todo)
@@ -349,7 +386,9 @@ class Service:
                 self.reconcile_job()
                 c = self.store.counts()
                 bar.update(c["done"] + c["failed"] - settled0, c)
-                if c["new"] == 0 and c["dispatched"] == 0:
+                # Held datasets wait for the archive bucket (up to [archive] wait_hours): a
+                # single cycle leaves them held for the next run or the daemon.
+                if c["dispatched"] == 0 and c["new"] == self.store.count_waiting():
                     break
                 self._wake.wait(wait_s)
                 self._wake.clear()
@@ -357,13 +396,15 @@ class Service:
                 self.indexer.drain()  # what the thread has not reached yet
         final = self.store.counts()  # reads work on a full disk
         summary.counts = final
+        summary.waiting = self.store.count_waiting()
         summary.fatal = self.fatal
         summary.done = final["done"] - start_counts["done"]
         summary.failed = final["failed"] - start_counts["failed"]
         summary.seconds = time.monotonic() - started
         log.info("cycle finished", new=summary.poll.new if summary.poll else 0,
                  dispatched=summary.dispatched, done=summary.done, failed=summary.failed,
-                 seconds=round(summary.seconds, 2), interrupted=self.stop_event.is_set())
+                 waiting=summary.waiting, seconds=round(summary.seconds, 2),
+                 interrupted=self.stop_event.is_set())
         return summary
 
     # -- reload ------------------------------------------------------------------------
@@ -414,14 +455,13 @@ class Service:
                                            seconds=s.dispatch_seconds)
             self._scheduler.reschedule_job("reconcile", trigger="interval",
                                            seconds=s.reconcile_seconds)
+            self._schedule_resweep(self._scheduler)
         log.info("configuration reloaded", source=str(self.config_path))
         self.notifier.ready()
         return True
 
 
-def _now_dt() -> Any:
-    import datetime as dt
-
+def _now_dt() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 

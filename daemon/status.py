@@ -19,32 +19,42 @@ def _iso(unix: float | None) -> str | None:
     return dt.datetime.fromtimestamp(unix, dt.UTC).isoformat(timespec="seconds")
 
 
+def _poll(poll: dict[str, Any] | None) -> dict[str, Any] | None:
+    if poll is None:
+        return None
+    return {
+        "at": _iso(poll["finished_at"] or poll["started_at"]),
+        "ok": poll["ok"],
+        "new": poll["new"],
+        "kind": poll["kind"],
+        "error": poll["error"],
+        "window": [mjd_to_iso(poll["window_lo_mjd"]),
+                   mjd_to_iso(poll["window_hi_mjd"]) if poll["window_hi_mjd"] else None],
+        "windows": poll["windows"],
+        "observations": poll["observations"],
+        "products": poll["products"],
+        "seen": poll["seen"],
+        "rejected": poll["rejected"],
+        # observations left out by [mast] exclude_filters (grisms)
+        "excluded": poll["excluded"],
+    }
+
+
 def to_dict(snap: Snapshot, *, daemon_pid: int | None = None) -> dict[str, Any]:
     """The JSON document of ``status --json`` (a stable shape; fields are only ever added)."""
-    poll = snap.last_poll
-    last_poll = None
-    if poll is not None:
-        last_poll = {
-            "at": _iso(poll["finished_at"] or poll["started_at"]),
-            "ok": poll["ok"],
-            "new": poll["new"],
-            "kind": poll["kind"],
-            "error": poll["error"],
-            "window": [mjd_to_iso(poll["window_lo_mjd"]),
-                       mjd_to_iso(poll["window_hi_mjd"]) if poll["window_hi_mjd"] else None],
-            "windows": poll["windows"],
-            "observations": poll["observations"],
-            "products": poll["products"],
-            "seen": poll["seen"],
-            "rejected": poll["rejected"],
-        }
+    last_resweep = _poll(snap.last_resweep)
+    if last_resweep is not None and snap.last_resweep is not None:
+        # MAST's count of exposures in the range against the database's, after the resweep.
+        last_resweep |= {"listed": snap.last_resweep["listed"],
+                         "recorded": snap.last_resweep["recorded"]}
     oldest_age = (snap.taken_at - snap.oldest_dispatched_at
                   if snap.oldest_dispatched_at is not None else None)
     return {
         # waiting: new datasets held because their input is not in the archive bucket yet
         # (a subset of new); withdrawn: done datasets whose input left the archive.
         "datasets": {**snap.counts, "waiting": snap.waiting, "withdrawn": snap.withdrawn},
-        "last_poll": last_poll,
+        "last_poll": _poll(snap.last_poll),
+        "last_resweep": last_resweep,
         "last_ok_poll_at": _iso(snap.last_ok_poll_at),
         "cursor": mjd_to_iso(snap.cursor_mjd) if snap.cursor_mjd is not None else None,
         "cursor_mjd": snap.cursor_mjd,
@@ -56,6 +66,9 @@ def to_dict(snap: Snapshot, *, daemon_pid: int | None = None) -> dict[str, Any]:
                        "done_last_day": snap.done_last_day,
                        "per_minute_last_hour": round(snap.done_last_hour / 60.0, 2)},
         "rejected_products": snap.rejected,
+        # the same names by reason (HAP products, path tricks...), with a few of each
+        "refused": {"total": snap.rejected, "by_reason": snap.refused_by_reason,
+                    "examples": snap.refused_examples},
         "daemon": {"running": daemon_pid is not None, "pid": daemon_pid},
         "database": {"path": snap.path, "schema_version": snap.schema_version},
         "at": _iso(snap.taken_at),
@@ -106,9 +119,23 @@ def render(doc: dict[str, Any]) -> str:
                  None: "running"}[poll["ok"]]
         line = f"{poll['at']}  {state}  {poll['new']:,} new ({poll['kind']}, " \
                f"{poll['windows']} window(s), {poll['observations']:,} observations)"
+        if poll["excluded"]:
+            line += f", {poll['excluded']:,} excluded by filter"
         if poll["error"]:
             line += f"\n{poll['error']}"
         info.append(("last poll", line))
+    sweep = doc["last_resweep"]
+    if sweep is not None:
+        state = {True: click.style("ok", fg="green"), False: click.style("FAILED", fg="red"),
+                 None: "running"}[sweep["ok"]]
+        lo, hi = (w[:10] if w else "?" for w in sweep["window"])
+        line = f"{sweep['at']}  {state}  {lo} to {hi}: {sweep['new']:,} added"
+        if sweep["listed"] is not None:
+            line += f"; MAST lists {sweep['listed']:,}, the database holds " \
+                    f"{sweep['recorded']:,}"
+        if sweep["error"]:
+            line += f"\n{sweep['error']}"
+        info.append(("last resweep", line))
     info.append(("cursor", doc["cursor"] or "-"))
     fl = doc["in_flight"]
     info.append(("in flight", f"{fl['count']:,}  (oldest {_age(fl['oldest_age_s'])})"))
@@ -118,8 +145,13 @@ def render(doc: dict[str, Any]) -> str:
     if d.get("withdrawn"):
         info.append(("withdrawn", f"{d['withdrawn']:,} catalogued input(s) gone from the "
                                   "archive (catalogs kept)"))
-    if doc["rejected_products"]:
-        info.append(("refused", f"{doc['rejected_products']:,} product name(s) from MAST"))
+    refused = doc["refused"]
+    if refused["total"]:
+        why = [f"{refused['total']:,} product name(s) from MAST:"]
+        for reason, n in refused["by_reason"].items():
+            names = ", ".join(refused["examples"].get(reason, []))
+            why.append(f"  {n:,} {reason}" + (f" (e.g. {names})" if names else ""))
+        info.append(("refused", "\n".join(why)))
     info.append(("database", doc["database"]["path"]))
     width = max(len(k) for k, _ in info)
     for key, value in info:

@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_ALLOWED_BUCKETS",
     "ENV_ALLOWED_BUCKETS",
     "ENV_ALLOWED_OUTPUTS",
+    "ENV_ARCHIVE_ANONYMOUS",
     "ERROR_SUFFIX",
     "HDR_ATTEMPT",
     "HDR_BYTES_READ",
@@ -49,6 +50,7 @@ __all__ = [
     "RESULTS_INFIX",
     "SKIPPED_SUFFIX",
     "BatchError",
+    "archive_anonymous",
     "archive_key",
     "catalog_key",
     "error_key",
@@ -59,15 +61,22 @@ __all__ = [
     "make_batch",
     "make_event",
     "product_key",
+    "product_name",
     "results_prefix",
     "skipped_key",
 ]
 
 # -- archive keys --------------------------------------------------------------------------
-# The public HST bucket lays a product out as
-# hst/public/<first 4 of the dataset>/<dataset>/<dataset>_<suffix>.fits, all lower case.
-# The suffix is 3 to 8 characters (flt, drz, raw, spt, asn, ...): HST has no shorter ones,
-# and discovery never made a key with one, so the function refuses them too.
+# The public HST bucket lays a product out as hst/public/<folder[:4]>/<folder>/<file>, all
+# lower case, where the file is <root>_<suffix>.fits and the folder is the observation MAST
+# files it under. Usually folder == root. Not always: astroquery's old key rule
+# (astroquery/mast/fpl.py, removed in 2020 for MAST's path lookup service) says the file
+# name's dataset "would *always* match the actual obs_id folder ... Unfortunately this
+# assumption was false", and that only the folder's last character can differ
+# (u9o40504j_jif.fits lives in u9o40504m/, an association's ibg705081_drz.fits in
+# ibg705080/). So a key's folder shares the first 8 characters (ipppssoo) of the file's root.
+# The dataset is the file's root: the exposure. Suffixes are 3 to 8 characters (flt, drz,
+# raw, spt, asn, ...): HST has no shorter ones, and discovery never made a key with one.
 
 ARCHIVE_PREFIX = "hst/public/"
 _DATASET = r"[a-z0-9]{9}"
@@ -77,48 +86,76 @@ _FILENAME_RE = re.compile(rf"^(?P<dataset>{_DATASET})_(?P<suffix>{_SUFFIX})\.fit
 _KEY_RE = re.compile(rf"^{re.escape(ARCHIVE_PREFIX)}(?P<first4>[a-z0-9]{{4}})/"
                      rf"(?P<folder>{_DATASET})/(?P<dataset>{_DATASET})_{_SUFFIX}\.fits$")
 _MAX_FILENAME = 64
+# The part of a dataset name its folder must share (instrument, program, visit, exposure).
+_FOLDER_SHARED = 8
 
 
-def archive_key(dataset: str, suffix: str = "flt") -> str:
-    """The bucket key of one product of ``dataset`` (the one place the layout is written).
+def archive_key(dataset: str, suffix: str = "flt", *, folder: str | None = None) -> str:
+    """The bucket key of one product of ``dataset`` (the one place the layout is written),
+    in its own folder unless MAST files it under ``folder``.
 
     ``archive_key("icxe15wwq")`` -> ``hst/public/icxe/icxe15wwq/icxe15wwq_flt.fits``. It does
     not validate: ``product_key`` and ``key_dataset`` do, where names come from outside.
     """
     d = dataset.lower()
-    return f"{ARCHIVE_PREFIX}{d[:4]}/{d}/{d}_{suffix.lower()}.fits"
+    f = (folder or dataset).lower()
+    return f"{ARCHIVE_PREFIX}{f[:4]}/{f}/{d}_{suffix.lower()}.fits"
 
 
-def product_key(filename: str) -> tuple[str, str]:
-    """(dataset, bucket key) of an HST product file name as MAST lists it.
+def product_name(filename: str) -> tuple[str, str]:
+    """(dataset, suffix) of an HST product file name as MAST lists it, lower case.
 
-    ``icxe15wwq_flt.fits`` -> ``("icxe15wwq", "hst/public/icxe/icxe15wwq/icxe15wwq_flt.fits")``.
-    Anything that is not a plain HST file name (path parts, odd characters, too long) raises
-    ValueError with the reason: such a name never becomes a key.
+    ``ICXE15WWQ_FLT.fits`` -> ``("icxe15wwq", "flt")``. Anything that is not a plain HST
+    file name (path parts, odd characters, too long, a Hubble Advanced Products name)
+    raises ValueError with a reason that does not depend on the name (discovery counts the
+    refused names by reason): such a name never becomes a key.
     """
     if not filename:
         raise ValueError("empty product file name")
     if len(filename) > _MAX_FILENAME:
-        raise ValueError(f"product file name is {len(filename)} characters long")
+        raise ValueError(f"product file name longer than {_MAX_FILENAME} characters")
     if not filename.isascii() or not filename.isprintable():
         raise ValueError("product file name has non-ASCII or control characters")
     if "/" in filename or "\\" in filename or filename.startswith("."):
         raise ValueError("product file name has path components")
-    m = _FILENAME_RE.match(filename.lower())
-    if not m:
-        raise ValueError("not an HST dataset file name (ipppssoot_sfx.fits)")
-    return m["dataset"], archive_key(m["dataset"], m["suffix"])
+    lower = filename.lower()
+    m = _FILENAME_RE.match(lower)
+    if m:
+        return m["dataset"], m["suffix"]
+    if lower.startswith("hst_"):
+        # HAP: MAST's Hubble Advanced Products (hst_<proposal>_<visit>_..._flt.fits) are
+        # listed beside the pipeline's files; they are not the exposures mastmirror mirrors.
+        raise ValueError("a Hubble Advanced Products name (hst_...), not an exposure's file")
+    raise ValueError("not an HST dataset file name (ipppssoot_sfx.fits)")
+
+
+def product_key(filename: str, folder: str | None = None) -> tuple[str, str]:
+    """(dataset, bucket key) of an HST product file name as MAST lists it, in ``folder``
+    (the product row's ``obs_id``) or else its own.
+
+    ``icxe15wwq_flt.fits`` -> ``("icxe15wwq", "hst/public/icxe/icxe15wwq/icxe15wwq_flt.fits")``.
+    ValueError (with the reason) for a name ``product_name`` refuses, or a folder that does
+    not share the dataset's first 8 characters.
+    """
+    dataset, suffix = product_name(filename)
+    key = archive_key(dataset, suffix, folder=folder)
+    key_dataset(key)
+    return dataset, key
 
 
 def key_dataset(key: str) -> str:
-    """The dataset an archive key names; ValueError unless ``key`` follows the layout."""
+    """The dataset (the file's root) an archive key names; ValueError unless ``key`` follows
+    the layout, its folder shares the dataset's first 8 characters and the 4-character
+    prefix is the folder's."""
     m = _KEY_RE.match(key)
     if m is None:
         raise ValueError(f"{key!r} is not {ARCHIVE_PREFIX}<4>/<obs_id>/<obs_id>_<suffix>.fits "
                          "(lower case)")
-    if not (m["folder"] == m["dataset"] and m["first4"] == m["folder"][:4]):
-        raise ValueError(f"{key!r} is inconsistent: its directory, file name and "
-                         "4-character prefix must name the same dataset")
+    if not (m["folder"][:_FOLDER_SHARED] == m["dataset"][:_FOLDER_SHARED]
+            and m["first4"] == m["folder"][:4]):
+        raise ValueError(f"{key!r} is inconsistent: its folder must share the file's first "
+                         f"{_FOLDER_SHARED} characters, and the 4-character prefix be the "
+                         "folder's")
     return m["dataset"]
 
 
@@ -182,15 +219,28 @@ HDR_INPUT_ETAG = "INETAG"
 HDR_INPUT_SIZE = "INSIZE"  # bytes
 
 # -- the function's environment ------------------------------------------------------------
+# Lambda's environment is set at deploy (`mastmirror lambda deploy` sets these from
+# config.toml; the local pool's workers get the same), so a change of them needs a deploy.
 ENV_ALLOWED_BUCKETS = "MASTMIRROR_ALLOWED_BUCKETS"  # comma-separated; unset: the default
 ENV_ALLOWED_OUTPUTS = "MASTMIRROR_ALLOWED_OUTPUTS"  # comma-separated URL prefixes
+# "1" (and unset): read the input bucket unsigned, as the public archive is read; "0": sign
+# with the function's own credentials (a private mirror). The output store is always signed.
+ENV_ARCHIVE_ANONYMOUS = "MASTMIRROR_ARCHIVE_ANONYMOUS"
 DEFAULT_ALLOWED_BUCKETS = "stpubdata"
 
 
-def function_env(allowed_buckets: str, allowed_outputs: str) -> dict[str, str]:
-    """The environment that lets the function read ``allowed_buckets`` and write under
-    ``allowed_outputs`` (each a comma-separated list)."""
-    return {ENV_ALLOWED_BUCKETS: allowed_buckets, ENV_ALLOWED_OUTPUTS: allowed_outputs}
+def function_env(allowed_buckets: str, allowed_outputs: str, *,
+                 anonymous: bool = True) -> dict[str, str]:
+    """The environment that lets the function read ``allowed_buckets`` (unsigned when
+    ``anonymous``) and write under ``allowed_outputs`` (each a comma-separated list)."""
+    return {ENV_ALLOWED_BUCKETS: allowed_buckets, ENV_ALLOWED_OUTPUTS: allowed_outputs,
+            ENV_ARCHIVE_ANONYMOUS: "1" if anonymous else "0"}
+
+
+def archive_anonymous(env: Mapping[str, str]) -> bool:
+    """Whether the function reads its input unsigned (``ENV_ARCHIVE_ANONYMOUS``; default
+    yes: the public archive needs no account)."""
+    return env.get(ENV_ARCHIVE_ANONYMOUS, "1").strip() not in ("0", "false", "no")
 
 
 # -- buckets -------------------------------------------------------------------------------

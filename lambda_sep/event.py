@@ -10,7 +10,9 @@
 The allow-lists come from the function's environment (names in ``lambda_sep.contract``):
 ``MASTMIRROR_ALLOWED_BUCKETS`` (comma-separated bucket names or ``file:///`` directories;
 default ``stpubdata``) and ``MASTMIRROR_ALLOWED_OUTPUTS`` (comma-separated URL prefixes;
-empty refuses everything). The key rule and the output keys are the contract's too.
+empty refuses everything), and whether to read the input unsigned
+(``MASTMIRROR_ARCHIVE_ANONYMOUS``, default yes). The key rule and the output keys are the
+contract's too.
 
 A refused event raises :class:`EventError`. Its ``marker`` says where an error marker may be
 written: only when the output is allowed and the input key has the archive's exact shape,
@@ -29,6 +31,7 @@ from lambda_sep.contract import (
     ENV_ALLOWED_BUCKETS,
     ENV_ALLOWED_OUTPUTS,
     OBS_ID_RE,
+    archive_anonymous,
     catalog_key,
     error_key,
     key_dataset,
@@ -68,6 +71,7 @@ class Event:
     output: str  # normalised output store URL
     params: SepParams
     attempt: int
+    anonymous: bool = True  # read the input unsigned (the function's environment says)
 
     @property
     def catalog_key(self) -> str:
@@ -211,4 +215,5 @@ def parse_event(event: Any, env: Mapping[str, str] | None = None) -> Event:
     except ValueError as exc:
         raise refuse(f"sep: {exc}") from None
     return Event(obs_id=raw_obs, bucket=bucket_url, bucket_name=bucket, key=key,
-                 output=output, params=params, attempt=attempt)
+                 output=output, params=params, attempt=attempt,
+                 anonymous=archive_anonymous(env))

@@ -188,7 +188,7 @@ def _drop_stale_marker(ev: Event) -> None:
 def _read(ev: Event) -> tuple[ObjectInfo, Image | ReadStopped]:
     """The input's size, ETag and decoded SCI/ERR/DQ, over ranged reads only; or, when its
     headers say it is not an imaging exposure, why (no pixels read)."""
-    inp = open_store(ev.bucket)
+    inp = open_store(ev.bucket, anonymous=ev.anonymous)
     got = inp.read_head(ev.key, FIRST_READ)
     if got is None:
         raise InputMissing(f"input object not found: {inp.url}/{ev.key}")

@@ -234,8 +234,9 @@ _client_lock = threading.Lock()
 _clients: dict[tuple[Any, ...], Any] = {}
 
 
-def s3_client() -> Any:
-    """The process-wide S3 client (created on first use, then reused by warm invocations).
+def s3_client(*, anonymous: bool = False) -> Any:
+    """The process-wide S3 client (created on first use, then reused by warm invocations);
+    ``anonymous``: one that signs nothing, whatever credentials the process has.
 
     One client per process and per endpoint/region environment: a forked worker gets its
     own (connection pools must not be shared across fork), and tests that point
@@ -246,7 +247,8 @@ def s3_client() -> Any:
         os.getpid(),
         env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
         env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
-        env.get("AWS_ACCESS_KEY_ID"),
+        None if anonymous else env.get("AWS_ACCESS_KEY_ID"),
+        anonymous,
     )
     client = _clients.get(cache_key)
     if client is None:
@@ -254,12 +256,13 @@ def s3_client() -> Any:
             client = _clients.get(cache_key)
             if client is None:
                 # A Session per client keeps creation thread-safe; the endpoint and
-                # credentials come from the standard AWS configuration. With no
-                # credentials at all, requests go unsigned: the public archive bucket
-                # (stpubdata) reads anonymously, and anything private fails clearly.
+                # credentials come from the standard AWS configuration. Unsigned when asked
+                # (the public archive: signing with a role that has no rights on stpubdata
+                # is refused with AccessDenied, while anonymous reads work), and when there
+                # are no credentials at all (anything private then fails clearly).
                 session = boto3.session.Session()
                 config = S3_CONFIG
-                if session.get_credentials() is None:
+                if anonymous or session.get_credentials() is None:
                     config = S3_CONFIG.merge(botocore.config.Config(
                         signature_version=botocore.UNSIGNED))
                 client = session.client("s3", config=config)
@@ -289,7 +292,11 @@ def _s3_error(exc: Exception, where: str) -> StorageError:
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         retryable = code in _TRANSIENT_CODES or status >= 500 or status == 429
         msg = err.get("Message") or code
-        return StorageError(f"{where}: {code or status}: {msg}", retryable=retryable)
+        # Both the code and the HTTP status: a HEAD's error has no body, so no code, and a
+        # GET's AccessDenied should read as the 403 it is.
+        what = f"{code} (HTTP {status})" if code and status and code != str(status) else \
+            code or str(status)
+        return StorageError(f"{where}: {what}: {msg}", retryable=retryable)
     transient = (
         botocore.exceptions.ConnectionError,
         botocore.exceptions.HTTPClientError,
@@ -309,7 +316,8 @@ def _client_error_code(exc: botocore.exceptions.ClientError) -> str:
 class S3Store(ObjectStore):
     """An S3 bucket, optionally below a key prefix."""
 
-    def __init__(self, bucket: str, prefix: str = "", *, client: Any = None) -> None:
+    def __init__(self, bucket: str, prefix: str = "", *, client: Any = None,
+                 anonymous: bool = False) -> None:
         if not BUCKET_RE.match(bucket):
             raise ValueError(f"invalid S3 bucket name: {bucket!r}")
         prefix = prefix.strip("/")
@@ -318,12 +326,13 @@ class S3Store(ObjectStore):
         self.bucket = bucket
         self.prefix = prefix
         self._client = client
+        self.anonymous = anonymous
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
 
     @property
     def client(self) -> Any:
-        """The explicit client, or the shared per-process one."""
-        return self._client if self._client is not None else s3_client()
+        """The explicit client, or the shared per-process one (unsigned if anonymous)."""
+        return self._client if self._client is not None else s3_client(anonymous=self.anonymous)
 
     def _key(self, key: str, *, allow_empty: bool = False) -> str:
         validate_key(key, allow_empty=allow_empty)
@@ -634,10 +643,11 @@ class FileStore(ObjectStore):
 # --------------------------------------------------------------------------------------
 
 
-def open_store(url: str, *, client: Any = None) -> ObjectStore:
+def open_store(url: str, *, client: Any = None, anonymous: bool = False) -> ObjectStore:
     """Open ``s3://bucket[/prefix]``, ``file:///abs/dir`` or a bare bucket name.
 
-    ``client`` overrides the shared boto3 S3 client (tests, custom sessions). Raises
+    ``client`` overrides the shared boto3 S3 client (tests, custom sessions); ``anonymous``
+    reads S3 unsigned (the public archive; a directory ignores it). Raises
     ``ValueError`` for anything else (relative paths, ``..``, hosts in file URLs, queries).
     """
     if not isinstance(url, str) or not url:
@@ -647,7 +657,7 @@ def open_store(url: str, *, client: Any = None) -> ObjectStore:
         bucket, _, prefix = rest.partition("/")
         if any(ch in rest for ch in "?#"):
             raise ValueError(f"S3 URL must not carry a query or fragment: {url!r}")
-        return S3Store(bucket, prefix, client=client)
+        return S3Store(bucket, prefix, client=client, anonymous=anonymous)
     if url.startswith("file:"):
         parts = urlsplit(url)
         if parts.netloc not in ("", "localhost"):
@@ -661,5 +671,5 @@ def open_store(url: str, *, client: Any = None) -> ObjectStore:
             raise ValueError(f"file URL path must be normalised (no '..'): {url!r}")
         return FileStore(path)
     if BUCKET_RE.match(url):
-        return S3Store(url, client=client)
+        return S3Store(url, client=client, anonymous=anonymous)
     raise ValueError(f"not a store URL (s3://bucket/prefix, file:///abs/dir or a bucket): {url!r}")

@@ -11,7 +11,13 @@ The model is what `standin.mast` serves to astroquery. It knows:
   WFC3/IR: RAW, IMA, FLT, SPT, TRL, JIF, JIT per exposure, DRZ for a singleton,
   ASN/DRZ/TRL for an association plus every member's products (member rows keep
   their own ``obsID`` and carry the asked-for observation in ``parent_obsid``);
-* **release dates** (``t_obs_release``, MJD): what the daemon's discovery cursor walks.
+* **release dates** (``t_obs_release``, MJD): what the daemon's discovery cursor walks;
+* **intents** (``intentType``: "science", or "calibration" for about 5% of programs) and
+  **filters** (the 15 WFC3/IR imaging filters; the grisms G102 and G141 only where a test
+  asks for them, with `Archive.add_exposure`);
+* **folders**: where each file lives in the ``stpubdata`` bucket (``hst/public/<4>/<folder>/``),
+  the observation's own name unless `Archive.add_exposure` files it elsewhere, and what
+  MAST's path lookup service answers for a ``dataURI`` (`Archive.cloud_path`).
 
 Rows are never stored as dicts or pre-encoded JSON: the model keeps compact columns
 (numpy arrays and a few lists) and formats each page's JSON objects from them on
@@ -83,8 +89,13 @@ _FILTERS: tuple[tuple[str, float, float, float], ...] = (
     ("F132N", 1.0, 1310.0, 1326.0),
     ("F164N", 1.5, 1637.0, 1653.0),
     ("F167N", 1.0, 1659.0, 1675.0),
+    # The grisms (dispersers): never drawn at random (weight 0), so an archive of a given
+    # seed stays what it was; `Archive.add_exposure` makes grism exposures on demand.
+    ("G102", 0.0, 800.0, 1150.0),
+    ("G141", 0.0, 1075.0, 1700.0),
 )
 _FILTER_NAMES = np.array([f[0] for f in _FILTERS], dtype=object)
+_FILTER_INDEX = {f[0]: i for i, f in enumerate(_FILTERS)}
 _FILTER_IDX = tuple(range(len(_FILTERS)))
 _FILTER_CW = tuple(itertools.accumulate(f[1] for f in _FILTERS))
 _EM_MIN = np.array([f[2] for f in _FILTERS])
@@ -186,6 +197,13 @@ class Exposure:
     filter: str
     association: str | None  #: obs_id of the association it belongs to, if any
     key: str  #: its FLT key in the ``stpubdata`` bucket
+    intent: str = "science"  #: MAST's ``intentType``: "science" or "calibration"
+
+    @property
+    def science_image(self) -> bool:
+        """A science exposure through an imaging filter: what mastmirror catalogues with
+        its default ``[mast] intent`` and ``exclude_filters``."""
+        return self.intent == "science" and not self.filter.startswith("G")
 
 
 @dataclass(frozen=True)
@@ -301,6 +319,10 @@ class Archive:
         self._stem_esc: list[str] = []
         self._jstem_esc: list[str] = []
         self._by_obsid: dict[str, int] = {}
+        # Folders that are not the observation's own stem (sparse: few are).
+        self._folder: dict[int, str] = {}
+        # File stem (dataset or jitter) -> oid, for the path lookup; built on first use.
+        self._by_stem: dict[str, int] | None = None
         self._planted: dict[int, PlantedEntry] = {}
         self._bad_prog: int | None = None
         # Rows added since the last snapshot, as tuples in _NUMERIC_COLS order.
@@ -401,6 +423,7 @@ class Archive:
         # Planted stems are kept whole (the hostile part must reach every file name).
         self._jstem_esc.append(esc if planted or kind == _KIND_ASSOC else esc[:-1] + "j")
         self._by_obsid[str(self._next_obsid)] = oid
+        self._by_stem = None
         return oid
 
     def _generate(self, n: int, release_at: float | None) -> list[int]:
@@ -516,6 +539,42 @@ class Archive:
             snap = self._snap
         return [self._exposure(snap, o) for o in oids]
 
+    def add_exposure(self, *, at_mjd: float | None = None, filter: str = "F160W",
+                     intent: str = "science", dataset: str | None = None,
+                     obs_id: str | None = None, folder: str | None = None) -> Exposure:
+        """Make one singleton exposure public at ``at_mjd`` (default: now), shaped as a
+        test's scenario needs: its ``filter`` (a grism too), ``intent`` ("science" or
+        "calibration"), its file root ``dataset`` (default: a fresh rootname), the ``obs_id``
+        MAST shows for it (default: the dataset, in the archive's case) and the ``folder``
+        its files live in (default: the obs_id, lower case). MAST files some products under
+        a folder that is not their file's root (docs/ARCHIVE.md): ``obs_id`` and ``folder``
+        model that, and `cloud_path` answers with the folder.
+        """
+        if filter not in _FILTER_INDEX:
+            raise ValueError(f"unknown WFC3/IR filter {filter!r}; one of {sorted(_FILTER_INDEX)}")
+        if intent not in ("science", "calibration"):
+            raise ValueError("intent must be 'science' or 'calibration' (MAST's intentType)")
+        at = mjd_now() if at_mjd is None else float(at_mjd)
+        with self._lock:
+            rng = self._rng
+            calibration = intent == "calibration"
+            prog = self._new_program(rng, calibration=calibration)
+            target, ra, dec = self._new_target(rng, calibration=calibration)
+            stem = (dataset or f"i{self._programs[prog].code}01a1q").lower()
+            if not re.fullmatch(r"[a-z0-9]{9}", stem):
+                raise ValueError(f"dataset {stem!r} is not a 9-character rootname")
+            shown = obs_id if obs_id is not None else self._show(stem)
+            oid = self._add_obs(shown, stem, (
+                _KIND_SINGLE, at, at - 0.01, at - 0.005, 402.93, ra, dec, 0.0, 12,
+                _FILTER_INDEX[filter], prog, target, -1, 0,
+            ))
+            home = (folder or shown).lower()
+            if home != stem:
+                self._folder[oid] = home
+            self._snap = self._make_snap()
+            self.version += 1
+            return self._exposure(self._snap, oid)
+
     def plant_bad(
         self, kind: str, *, at_mjd: float | None = None, stem: str | None = None
     ) -> PlantedEntry:
@@ -557,7 +616,8 @@ class Archive:
             release=float(s.release[oid]),
             filter=str(_FILTER_NAMES[s.filt[oid]]),
             association=self._obs_id[parent] if parent >= 0 else None,
-            key=archive_key(stem),
+            key=archive_key(stem, folder=self._folder.get(oid)),
+            intent=self._programs[int(s.prog[oid])].intent,
         )
 
     def _range(self, s: _Snap, lo: float | None, hi: float | None) -> np.ndarray:
@@ -593,9 +653,40 @@ class Archive:
             if oid in self._planted and not include_planted:
                 continue
             stem = self._stem[oid]
-            yield stem, archive_key(stem)
+            yield stem, archive_key(stem, folder=self._folder.get(oid))
 
     # ------------------------------------------------------------ MAST queries
+    def cloud_path(self, uri: str) -> str | None:
+        """What MAST's path lookup service answers for a product ``dataURI``
+        (``mast:HST/product/<file>``): ``/hst/public/<4>/<folder>/<file>`` for a file of the
+        archive (in the folder its observation is filed under), else None (MAST: 404)."""
+        name = uri.removeprefix(_URI_PREFIX)
+        if name == uri or not name.endswith(".fits") or "_" not in name:
+            return None
+        stem, _, suffix = name[: -len(".fits")].rpartition("_")
+        s = self._snap
+        oid = self._stem_index().get(stem)
+        if oid is None or oid >= s.n:
+            return None
+        jitter = stem != self._stem[oid]
+        if (suffix, jitter) not in _suffixes(int(s.kind[oid])):
+            return None
+        folder = self._folder.get(oid, self._stem[oid])
+        return f"/hst/public/{folder[:4]}/{folder}/{name}"
+
+    def _stem_index(self) -> dict[str, int]:
+        """File stem (an observation's own, or its jitter files') -> observation."""
+        with self._lock:
+            if self._by_stem is None:
+                kinds = self._snap.kind.tolist()
+                index: dict[str, int] = {}
+                for oid, stem in enumerate(self._stem[: len(kinds)]):
+                    index[stem] = oid
+                    if kinds[oid] != _KIND_ASSOC and oid not in self._planted:
+                        index.setdefault(stem[:-1] + "j", oid)
+                self._by_stem = index
+            return self._by_stem
+
     def select_observations(self, filters: Sequence[dict[str, Any]]) -> ObservationSelection:
         """Evaluate a ``Mast.Caom.Filtered`` filter list; raise `FilterError` if unsupported."""
         s = self._snap
@@ -861,6 +952,18 @@ def _product_kinds() -> _Kinds:
                   for k in kinds]),
         np.array([k["size"] if isinstance(k["size"], int) else 0 for k in kinds], np.int64),
     )
+
+
+_URI_PREFIX = "mast:HST/product/"
+
+
+@cache
+def _suffixes(kind: int) -> frozenset[tuple[str, bool]]:
+    """(suffix, named after the jitter stem) of every product an observation kind lists."""
+    doc = _data("wfc3ir_products.json")
+    kinds = {_KIND_MEMBER: doc["exposure"], _KIND_SINGLE: doc["exposure"] + doc["singleton"],
+             _KIND_ASSOC: doc["association"]}[kind]
+    return frozenset((k["suffix"], k["stem"] == "jitter") for k in kinds)
 
 
 _PRODUCT_VARS = ("obsID", "obs_id", "dataURI", "proposal_id", "productFilename", "size",

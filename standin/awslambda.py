@@ -21,6 +21,15 @@ accepted), ``drop-accepted`` (the event is accepted, then the connection closes 
 answer: the client retries and the event arrives twice) and ``lose`` (202 and a request id,
 but the event never runs: the reconciler's timeout path).
 
+It also answers what the daemon and ``lambda deploy`` ask about concurrency, in Lambda's
+shapes: ``GET /2016-08-19/account-settings`` (GetAccountSettings: ``AccountLimit`` with
+``ConcurrentExecutions`` = ``account_limit`` and ``UnreservedConcurrentExecutions`` = that
+less the function's reservation, and ``AccountUsage``) and ``GET /2019-09-30/functions/
+{name}/concurrency`` (GetFunctionConcurrency: ``{"ReservedConcurrentExecutions": n}``, or
+``{}`` without a reservation). moto (5.x) has no GetAccountSettings; with ``upstream`` set
+(a moto server) every other request goes on to it, so ``lambda deploy`` can create the
+function there and still read the account's limits here.
+
 ``run=False`` (``--no-run``) only accepts events, for the dispatch throughput benchmark.
 Counters (``stats()``, or ``GET /_standin/stats`` from another process) tell what was
 received, accepted, run, per obs_id. Faults can also be armed with ``POST /_standin/faults``.
@@ -34,6 +43,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import contextlib
+import http.client
 import importlib
 import json
 import multiprocessing
@@ -64,6 +74,11 @@ from standin.loopback import LoopbackHTTPServer
 
 FAULTS = ("throttle", "500", "502", "503", "drop", "drop-accepted", "lose")
 INVOKE_PREFIX = "/2015-03-31/functions/"
+ACCOUNT_SETTINGS = "/2016-08-19/account-settings"
+CONCURRENCY_PREFIX = "/2019-09-30/functions/"
+# Lambda's documented code-storage quotas (GetAccountSettings' other AccountLimit fields).
+_CODE_LIMITS = {"TotalCodeSize": 80530636800, "CodeSizeUnzipped": 262144000,
+                "CodeSizeZipped": 52428800}
 # Lambda's limit on an asynchronous event (256 KB), and on a synchronous one (6 MB).
 EVENT_LIMIT = 256 * 1024
 SYNC_LIMIT = 6 * 1024 * 1024
@@ -145,25 +160,62 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- routes ------------------------------------------------------------------------
 
-    def do_GET(self) -> None:
-        """``/_standin/stats``: the counters, for a benchmark in another process."""
-        if self.path == "/_standin/stats":
-            self._send(200, json.dumps(self.server.standin.stats()).encode())
-        else:
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _elsewhere(self, body: bytes) -> None:
+        """A route this stand-in does not serve: the upstream's, or 404."""
+        st = self.server.standin
+        if st.upstream is None:
             self._error(404, "ResourceNotFoundException", f"no route {self.path}")
+            return
+        status, headers, answer = st.forward(self.command, self.path, dict(self.headers), body)
+        self.send_response(status)
+        for k, v in headers:
+            if k.lower() not in ("transfer-encoding", "connection", "content-length", "date",
+                                 "server"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def do_GET(self) -> None:
+        """``/_standin/stats`` (the counters, for a benchmark in another process),
+        GetAccountSettings, GetFunctionConcurrency; anything else goes upstream."""
+        st = self.server.standin
+        path = urlsplit(self.path).path.rstrip("/")
+        if path == "/_standin/stats":
+            self._send(200, json.dumps(st.stats()).encode())
+        elif path == ACCOUNT_SETTINGS:
+            self._send(200, json.dumps(st.account_settings()).encode())
+        elif (path.startswith(CONCURRENCY_PREFIX) and path.endswith("/concurrency")
+              and st.upstream is None):
+            name = unquote(path[len(CONCURRENCY_PREFIX):-len("/concurrency")])
+            if not st._matches(name):
+                self._error(404, "ResourceNotFoundException", f"Function not found: {name}")
+            else:
+                reserved = st.reserved
+                self._send(200, json.dumps({} if reserved is None else
+                                           {"ReservedConcurrentExecutions": reserved}).encode())
+        else:
+            self._elsewhere(b"")
+
+    def do_PUT(self) -> None:
+        """Only upstream (deployment calls)."""
+        self._elsewhere(self._body())
 
     def do_DELETE(self) -> None:
-        """``/_standin/faults``: disarm every fault."""
+        """``/_standin/faults``: disarm every fault; anything else goes upstream."""
         if self.path == "/_standin/faults":
             self.server.standin.disarm()
             self._send(204)
         else:
-            self._error(404, "ResourceNotFoundException", f"no route {self.path}")
+            self._elsewhere(b"")
 
     def do_POST(self) -> None:
-        """Invoke, or arm a fault (``/_standin/faults``)."""
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        """Invoke, or arm a fault (``/_standin/faults``); anything else goes upstream."""
+        body = self._body()
         parts = urlsplit(self.path)
         if parts.path == "/_standin/faults":
             try:
@@ -176,7 +228,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(204)
             return
         if not (parts.path.startswith(INVOKE_PREFIX) and parts.path.endswith("/invocations")):
-            self._error(404, "UnknownOperationException", f"no route {parts.path}")
+            if self.server.standin.upstream is None:
+                self._error(404, "UnknownOperationException", f"no route {parts.path}")
+            else:
+                self._elsewhere(body)
             return
         name = unquote(parts.path[len(INVOKE_PREFIX):-len("/invocations")])
         qualifier = parse_qs(parts.query).get("Qualifier", [None])[0]
@@ -194,10 +249,16 @@ class LambdaStandIn:
 
     def __init__(self, function_name: str = "mastmirror-sep", *, workers: int = 2,
                  env: Mapping[str, str] | None = None, run: bool = True, port: int = 0,
-                 timeout_s: float = 60.0,
-                 handler: str = HANDLER) -> None:
-        """``handler`` is ``module:function`` (the real one unless a test needs another)."""
+                 timeout_s: float = 60.0, handler: str = HANDLER, account_limit: int = 1000,
+                 reserved: int | None = None, upstream: str | None = None) -> None:
+        """``handler`` is ``module:function`` (the real one unless a test needs another).
+        ``account_limit``: the account's concurrent executions (1,000 is AWS's documented
+        default; new accounts get less); ``reserved``: the function's reserved concurrency;
+        ``upstream``: a server (moto) for every request this one does not answer."""
         self.function_name = function_name
+        self.account_limit = account_limit
+        self.reserved = reserved
+        self.upstream = upstream
         self.handler = handler
         self.workers = workers
         self.env = dict(env or {})
@@ -211,6 +272,7 @@ class LambdaStandIn:
         self._runs: Counter[str] = Counter()
         self._results: dict[str, list[dict[str, Any]]] = {}
         self._pending: set[cf.Future[dict[str, Any]]] = set()
+        self._max_queued = 0
         self._idle = threading.Condition(self._lock)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -257,6 +319,38 @@ class LambdaStandIn:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    # -- concurrency, and the upstream ----------------------------------------------------
+
+    def account_settings(self) -> dict[str, Any]:
+        """GetAccountSettings' answer: the account's limit, less the function's reservation."""
+        reserved = self.reserved
+        if self.upstream is not None:
+            status, _, body = self.forward(
+                "GET", f"{CONCURRENCY_PREFIX}{self.function_name}/concurrency", {}, b"")
+            reserved = json.loads(body).get("ReservedConcurrentExecutions") \
+                if status == 200 else None
+        return {"AccountLimit": {**_CODE_LIMITS, "ConcurrentExecutions": self.account_limit,
+                                 "UnreservedConcurrentExecutions":
+                                     self.account_limit - (reserved or 0)},
+                "AccountUsage": {"TotalCodeSize": 0, "FunctionCount": 1}}
+
+    def forward(self, method: str, path: str, headers: Mapping[str, str], body: bytes
+                ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Send one request on to ``upstream``; its status, headers and body."""
+        assert self.upstream is not None
+        parts = urlsplit(self.upstream)
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80,
+                                          timeout=60)
+        try:
+            sent = {k: v for k, v in headers.items()
+                    if k.lower() not in ("connection", "content-length")}
+            conn.request(method, path, body=body or None,
+                         headers={**sent, "Content-Length": str(len(body))})
+            resp = conn.getresponse()
+            return resp.status, resp.getheaders(), resp.read()
+        finally:
+            conn.close()
+
     # -- faults and counters -------------------------------------------------------------
 
     def arm(self, kind: str, *, times: int | None = 1, obs_id: str | None = None) -> None:
@@ -289,14 +383,15 @@ class LambdaStandIn:
     def stats(self) -> dict[str, Any]:
         """Counters: ``received`` (every invoke request), ``accepted`` (events queued or
         run), ``run`` (handler calls finished), ``errors`` (handler raised), ``lost``
-        (accepted, never run), ``faults`` by kind, ``queued`` (accepted, not finished), and
-        per obs_id how often it was ``accepted_by_obs`` and ``run_by_obs``."""
+        (accepted, never run), ``faults`` by kind, ``queued`` (accepted, not finished) and
+        ``max_queued`` (the most that ever were), and per obs_id how often it was
+        ``accepted_by_obs`` and ``run_by_obs``."""
         with self._lock:
             c = dict(self._counts)
             return {
                 "received": c.get("received", 0), "accepted": c.get("accepted", 0),
                 "run": c.get("run", 0), "errors": c.get("errors", 0), "lost": c.get("lost", 0),
-                "queued": len(self._pending),
+                "queued": len(self._pending), "max_queued": self._max_queued,
                 "faults": {k.removeprefix("fault:"): v for k, v in c.items()
                            if k.startswith("fault:")},
                 "accepted_by_obs": dict(self._accepted), "run_by_obs": dict(self._runs),
@@ -411,6 +506,7 @@ class LambdaStandIn:
         fut = self._pool.submit(_run, self.handler, event, request_id)
         with self._lock:
             self._pending.add(fut)
+            self._max_queued = max(self._max_queued, len(self._pending))
 
         def done(f: cf.Future[dict[str, Any]]) -> None:
             with self._idle:

@@ -48,10 +48,9 @@ class DemoResult:
 
 
 def _flt(exposure: Exposure) -> bytes:
-    from standin.flt import make_flt
+    from standin.flt import archive_flt
 
-    seed = int.from_bytes(exposure.dataset.encode(), "little") % (2**31)
-    return make_flt(exposure.dataset, seed=seed)[0]
+    return archive_flt(exposure.dataset, exposure.filter)[0]
 
 
 def _moto_server() -> Any:
@@ -77,6 +76,24 @@ def moto_s3() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+def make_public(client: Any, bucket: str) -> None:
+    """Let anyone read and list ``bucket``, as the public archive (stpubdata) does: mastmirror
+    reads it unsigned (``[archive] anonymous``), as astroquery does.
+
+    moto (5.x) weighs an anonymous HEAD against an ``s3:HeadObject`` action, which is not an
+    IAM action (AWS authorises a HEAD as ``s3:GetObject``); the policy names it too so moto
+    lets the HEAD through.
+    """
+    import json
+
+    doc = {"Version": "2012-10-17", "Statement": [
+        {"Sid": "PublicRead", "Effect": "Allow", "Principal": "*",
+         "Action": ["s3:GetObject", "s3:HeadObject"], "Resource": f"arn:aws:s3:::{bucket}/*"},
+        {"Sid": "PublicList", "Effect": "Allow", "Principal": "*", "Action": "s3:ListBucket",
+         "Resource": f"arn:aws:s3:::{bucket}"}]}
+    client.put_bucket_policy(Bucket=bucket, Policy=json.dumps(doc))
 
 
 def _upload(bucket: str, exposures: list[Exposure], step: Callable[[], None]) -> None:
@@ -120,9 +137,11 @@ class OfflineArchive:
 
 
 @contextlib.contextmanager
-def offline_archive(exposures: int, *, days: float = 120.0, seed: int = 2018
+def offline_archive(exposures: int, *, days: float = 120.0, seed: int = 2019
                     ) -> Iterator[OfflineArchive]:
-    """Start the stand-ins for an archive of ``exposures`` released over the last ``days``.
+    """Start the stand-ins for an archive of ``exposures`` released over the last ``days``,
+    plus a calibration exposure and a G141 grism exposure, as the real archive has them
+    (mastmirror leaves both out: docs/ARCHIVE.md).
 
     The bucket starts empty: upload what MAST should be able to serve.
     """
@@ -131,10 +150,13 @@ def offline_archive(exposures: int, *, days: float = 120.0, seed: int = 2018
 
     now = mjd(time.time())
     archive = Archive(exposures, seed=seed, start_mjd=now - days, end_mjd=now - 1.0)
+    archive.add_exposure(at_mjd=now - days / 2, intent="calibration")
+    archive.add_exposure(at_mjd=now - days / 3, filter="G141")
     bucket = "stpubdata"
     since = time.strftime("%Y-%m-%d", time.gmtime(time.time() - (days + 1) * 86400))
     with moto_s3() as endpoint, MastStandin(archive) as mast, _aws_env(endpoint):
         s3_client().create_bucket(Bucket=bucket)
+        make_public(s3_client(), bucket)
         yield OfflineArchive(archive, bucket, mast.url, endpoint, since)
 
 
@@ -224,9 +246,12 @@ def run_demo(workdir: Path, *, exposures: int = 24, release: int = 8,
         con.print(f"[bold]MAST stand-in[/] {world.mast_url}   "
                   f"[bold]S3 (moto)[/] {world.s3_endpoint}")
         archive = world.archive
-        first = archive.exposures()
-        with _bar(con, f"making {len(first)} synthetic WFC3/IR exposures", len(first)) as step:
-            world.upload(first, step)
+        listed = archive.exposures()
+        with _bar(con, f"making {len(listed)} synthetic WFC3/IR exposures", len(listed)) as step:
+            world.upload(listed, step)
+        first = [e for e in listed if e.science_image]
+        con.print(f"{len(listed) - len(first)} of them calibration or grism exposures, which "
+                  "mastmirror leaves out")
         config_path = write_config(workdir, world)
         con.print(f"[bold]config[/] {config_path}")
         log_path = workdir / "daemon.log"
@@ -239,11 +264,11 @@ def run_demo(workdir: Path, *, exposures: int = 24, release: int = 8,
                           lambda d: _show(bar, task, d))
                 if release:
                     new = archive.release(release)
-                    task2 = bar.add_task(f"{release} more released", total=len(first) + release,
-                                         info="")
+                    total = len(first) + sum(e.science_image for e in new)
+                    task2 = bar.add_task(f"{release} more released", total=total, info="")
                     store_upload = bar.add_task("  uploading them", total=release, info="")
                     world.upload(new, lambda: bar.advance(store_upload))
-                    _wait_for(config_path, len(first) + release, timeout_s, daemon,
+                    _wait_for(config_path, total, timeout_s, daemon,
                               lambda d: _show(bar, task2, d))
             daemon.send_signal(signal.SIGTERM)
             code = daemon.wait(timeout=60)

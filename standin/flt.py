@@ -39,11 +39,13 @@ from astropy.wcs import WCS
 
 __all__ = [
     "BROKEN_KINDS",
+    "DISPERSERS",
     "DQ",
     "FILTERS",
     "TRUTH_DTYPE",
     "FilterInfo",
     "SyntheticFlt",
+    "archive_flt",
     "make_broken_flt",
     "make_drz",
     "make_flt",
@@ -100,7 +102,15 @@ FILTERS: dict[str, FilterInfo] = {
     "F125W": FilterInfo(2.2483e-20, 12486.07, 866.2, 0.90),
     "F140W": FilterInfo(1.4737e-20, 13922.91, 1132.4, 1.10),
     "F160W": FilterInfo(1.9275e-20, 15369.18, 826.3, 0.80),
+    # The grisms: dispersed exposures, FLT files like any other (OBSTYPE = 'SPECTROSCOPIC',
+    # FILTER = 'G102'/'G141', the values WFC3 headers carry). Their photometry keywords
+    # exist in real grism FLTs; these values are synthetic, of the right order only.
+    "G102": FilterInfo(2.7e-20, 9990.0, 800.0, 0.60),
+    "G141": FilterInfo(1.5e-20, 13890.0, 1250.0, 1.00),
 }
+#: Length of a source's first-order trace along x, px (G141's spans about 130 px: STScI's
+#: WFC3 grism FAQ; G102's 800-1150 nm at about 24.5 A/px, about 140 px).
+DISPERSERS: dict[str, int] = {"G102": 140, "G141": 130}
 
 TRUTH_DTYPE = np.dtype(
     [
@@ -285,7 +295,8 @@ def _primary_header(obs_id: str, flt: FilterInfo, filt: str, *, exptime: float,
     h["TEXPTIME"] = (exptime, "total exposure time (seconds)")
     h["EXPFLAG"] = ("NORMAL", "Exposure interruption indicator")
     h["QUALCOM1"] = ""
-    h["OBSTYPE"] = ("IMAGING", "observation type - imaging or spectroscopic")
+    h["OBSTYPE"] = ("SPECTROSCOPIC" if filt in DISPERSERS else "IMAGING",
+                    "observation type - imaging or spectroscopic")
     h["OBSMODE"] = ("MULTIACCUM", "operating mode")
     h["SCLAMP"] = ("NONE", "lamp status, NONE or name of lamp which is on")
     h["NRPTEXP"] = (1, "number of repeat exposures in set: default 1")
@@ -500,6 +511,13 @@ def _render(
                     flt.zeropoint_ab - 2.5 * math.log10(flux), snr[i],
                     fwhm[i] if kind == "star" else psf_fwhm, r_eff[i], q[i], pa[i], nser[i])
 
+    if filt in DISPERSERS:
+        # A grism spreads each source into its first-order spectrum along x: what SEP then
+        # finds are spectra, not sources (the truth keeps the direct positions).
+        length = DISPERSERS[filt]
+        run = np.cumsum(np.pad(model, ((0, 0), (length, 0))), axis=1, dtype=np.float64)
+        model = ((run[:, length:] - run[:, :-length]) / length).astype(np.float32)
+
     if nsrc:
         # 1-based pixel positions: origin=1, with SIP (all_pix2world applies it).
         ra, dec = wcs.all_pix2world(truth["x"], truth["y"], 1)
@@ -642,6 +660,16 @@ def make_flt(obs_id: str = "icxe15wwq", **options: Any) -> tuple[bytes, np.ndarr
     """(FITS bytes, truth) of ``synthesize_flt(obs_id, **options)``."""
     flt = synthesize_flt(obs_id, **options)
     return flt.data, flt.truth
+
+
+def archive_flt(dataset: str, filter: str = "F160W", **options: Any
+                ) -> tuple[bytes, np.ndarray]:
+    """(FITS bytes, truth) of the FLT the stand-in archive holds for an exposure: seeded by
+    its name, through its filter where this module models it (five wide imaging filters and
+    the grisms), else through F160W."""
+    seed = int.from_bytes(dataset.encode(), "little") % (2**31)
+    return make_flt(dataset, seed=seed, filter=filter if filter in FILTERS else "F160W",
+                    **options)
 
 
 def make_noise_flt(obs_id: str = "icxe15wwq", *, seed: int = 0, **kwargs: Any) -> bytes:

@@ -1,6 +1,7 @@
 """A MAST portal API stand-in on 127.0.0.1 that real astroquery talks to.
 
-It answers the two requests astroquery's ``Observations`` makes, in MAST's shapes:
+It answers the requests astroquery's ``Observations`` and its cloud helpers make, in MAST's
+shapes:
 
 * ``POST /portal/Mashup/Mashup.asmx/columnsconfig`` (form ``colConfigId=<service>``):
   the columns config of ``Mast.Caom.Cone`` (astroquery's recorded answer) or of
@@ -11,6 +12,11 @@ It answers the two requests astroquery's ``Observations`` makes, in MAST's shape
   obsids). Answers are ``{"status", "msg", "data", "fields", "paging"}`` and are paged
   by the request's ``pagesize``/``page`` exactly as MAST pages.
   Anything else is a MAST-shaped ``ERROR``.
+* ``GET /api/v0.1/path_lookup/?uri=...&uri=...`` (what ``astroquery.mast.utils
+  .get_cloud_paths`` sends, 40 URIs a request): ``{uri: {"status_code": 200, "path":
+  "/hst/public/<4>/<folder>/<file>"}}``, or ``404`` and ``null`` for a URI the archive does
+  not hold (astroquery's recorded ``mast_relative_path.json`` has both shapes). The folder
+  is the one the archive files the observation under (`Archive.cloud_path`).
 
 Faults a test can arm (`FaultInjector`): HTTP 500/503, a hang, truncated or malformed
 JSON, an HTML error page, a dropped connection, an empty page in a paged answer, an
@@ -52,6 +58,8 @@ __all__ = ["FAULT_KINDS", "Fault", "FaultInjector", "MastStandin", "RequestRecor
 
 INVOKE_PATH = "/api/v0/invoke"
 COLUMNS_CONFIG_PATH = "/portal/Mashup/Mashup.asmx/columnsconfig"
+PATH_LOOKUP_PATH = "/api/v0.1/path_lookup/"
+_ENDPOINTS = ("invoke", "columnsconfig", "path_lookup")
 
 #: Fault kinds and what astroquery (0.4.11) does with them.
 FAULT_KINDS: dict[str, str] = {
@@ -84,7 +92,7 @@ class Fault:
     times: int | None = 1
     service: str | None = None  #: match the MAST service (or the colConfigId)
     page: int | None = None  #: match the requested page
-    endpoint: str | None = None  #: "invoke" or "columnsconfig"
+    endpoint: str | None = None  #: "invoke", "columnsconfig" or "path_lookup"
     seconds: float = 0.0  #: for "hang"
     message: str = "Error executing the request (fault injected by the stand-in)"
     fired: int = 0
@@ -128,8 +136,8 @@ class FaultInjector:
             raise ValueError(f"unknown fault kind {kind!r}; one of {sorted(FAULT_KINDS)}")
         if times is not None and times < 1:
             raise ValueError("times must be >= 1 or None")
-        if endpoint not in (None, "invoke", "columnsconfig"):
-            raise ValueError("endpoint must be 'invoke', 'columnsconfig' or None")
+        if endpoint is not None and endpoint not in _ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {_ENDPOINTS} or None")
         with self._lock:
             self._ids += 1
             fault = Fault(kind, times, service, page, endpoint, float(seconds), id=self._ids)
@@ -169,7 +177,7 @@ class RequestRecord:
     """What the stand-in saw and answered for one HTTP request."""
 
     at: float
-    endpoint: str  #: "invoke", "columnsconfig", "control" or "other"
+    endpoint: str  #: "invoke", "columnsconfig", "path_lookup", "control" or "other"
     service: str | None
     page: int | None = None
     pagesize: int | None = None
@@ -313,6 +321,16 @@ class MastStandin:
             doc = {}
         return _Answer(200, _dumps(doc), record={"service": col_id})
 
+    def answer_path_lookup(self, query: dict[str, list[str]]) -> _Answer:
+        """Where each ``uri`` lives in the cloud, as MAST's path lookup service answers."""
+        uris = query.get("uri") or []
+        doc = {}
+        for uri in uris:
+            path = self.archive.cloud_path(uri)
+            doc[uri] = {"status_code": 200 if path else 404, "path": path}
+        return _Answer(200, _dumps(doc), record={"service": None, "rows": len(uris),
+                                                 "params": {"uri": len(uris)}})
+
     def answer_invoke(self, request_text: str, fault: Fault | None) -> _Answer:
         """Run one ``/api/v0/invoke`` request (after fault selection)."""
         try:
@@ -433,6 +451,8 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         if parts.path == INVOKE_PATH:
             self._invoke(parse_qs(parts.query, keep_blank_values=True))
+        elif parts.path.rstrip("/") == PATH_LOOKUP_PATH.rstrip("/"):
+            self._path_lookup(parse_qs(parts.query, keep_blank_values=True))
         elif parts.path.startswith("/standin/"):
             self._control("GET", parts.path, b"")
         else:
@@ -486,6 +506,16 @@ class _Handler(BaseHTTPRequestHandler):
             answer = _Answer(500, _html_page(500, "Stand-in error"), "text/html",
                              record={**rec, "mast_status": "STANDIN-ERROR"})
         self._finish(answer, "invoke", fault, t0)
+
+    def _path_lookup(self, query: dict[str, list[str]]) -> None:
+        t0 = time.perf_counter()
+        st = self.server.standin
+        fault = st.faults.take("path_lookup", None, None)
+        if fault is not None and fault.kind in ("empty_page", "executing", "error_status"):
+            fault = None  # portal-API answers; the path lookup has no such states
+        answer = self._with_fault(fault, lambda: st.answer_path_lookup(query),
+                                  {"service": None})
+        self._finish(answer, "path_lookup", fault, t0)
 
     def _columnsconfig(self, form: dict[str, list[str]]) -> None:
         t0 = time.perf_counter()

@@ -195,7 +195,22 @@ _V2 = [
     "WHERE state = 'done'",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1, _V2]
+# Version 3: the real archive's listings (issue 10).
+#   polls.excluded  observations left out by [mast] exclude_filters (grisms), per poll
+#   polls.listed    a resweep: the exposures MAST lists with a release in its range
+#   polls.recorded  a resweep: the datasets the database holds in that range, afterwards
+#   datasets_release  counts by release date (a resweep compares its range with MAST's)
+_V3 = [
+    "ALTER TABLE polls ADD COLUMN excluded INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE polls ADD COLUMN listed INTEGER",
+    "ALTER TABLE polls ADD COLUMN recorded INTEGER",
+    "CREATE INDEX datasets_release ON datasets (release_mjd)",
+    "CREATE INDEX polls_kind ON polls (kind, id)",
+    # status counts the refused names by reason and shows the latest of each
+    "CREATE INDEX rejects_reason ON rejects (reason, first_at)",
+]
+
+MIGRATIONS: list[list[str]] = [_V1, _V2, _V3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

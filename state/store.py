@@ -185,6 +185,10 @@ class Snapshot:
     by_executor: dict[str, int] = field(default_factory=dict)
     waiting: int = 0
     withdrawn: int = 0
+    last_resweep: dict[str, Any] | None = None
+    # Product names refused (ever): reason -> count, and a few names each.
+    refused_by_reason: dict[str, int] = field(default_factory=dict)
+    refused_examples: dict[str, list[str]] = field(default_factory=dict)
 
 
 # failed -> new with a fresh attempt budget, and a fresh wait for an input not archived yet.
@@ -331,11 +335,14 @@ class StateStore:
 
     def record_window(self, poll_id: int, window_hi_mjd: float, found: Sequence[Discovered],
                       *, observations: int, products: int,
-                      rejected: Sequence[Rejected] = (), now: float | None = None) -> int:
+                      rejected: Sequence[Rejected] = (), excluded: int = 0,
+                      now: float | None = None) -> int:
         """Insert a window's exposures and move the cursor to its end, in ONE transaction.
 
-        An exposure already known is left as it is (recorded once however often seen).
-        Returns how many were new.
+        An exposure already known is left as it is (recorded once however often seen). The
+        cursor only moves forward: a resweep of older windows leaves it where it is.
+        ``excluded``: observations the window left out by their filter. Returns how many
+        exposures were new.
         """
         now = time.time() if now is None else now
         with self.transaction() as conn:
@@ -358,16 +365,41 @@ class StateStore:
             conn.execute(
                 "UPDATE polls SET window_hi_mjd = ?, windows = windows + 1, "
                 "observations = observations + ?, products = products + ?, seen = seen + ?, "
-                "new = new + ?, rejected = rejected + ? WHERE id = ?",
-                (window_hi_mjd, observations, products, len(found), new, len(rejected), poll_id))
+                "new = new + ?, rejected = rejected + ?, excluded = excluded + ? WHERE id = ?",
+                (window_hi_mjd, observations, products, len(found), new, len(rejected),
+                 excluded, poll_id))
         return new
 
     def finish_poll(self, poll_id: int, *, ok: bool, error: str | None = None,
+                    listed: int | None = None, recorded: int | None = None,
                     now: float | None = None) -> None:
-        """Close a poll as succeeded, or failed with the error."""
+        """Close a poll as succeeded, or failed with the error; a resweep also records how
+        many exposures MAST listed in its range and how many the database holds there."""
         with self.transaction() as conn:
-            conn.execute("UPDATE polls SET finished_at = ?, ok = ?, error = ? WHERE id = ?",
-                         (time.time() if now is None else now, int(ok), error, poll_id))
+            conn.execute("UPDATE polls SET finished_at = ?, ok = ?, error = ?, listed = ?, "
+                         "recorded = ? WHERE id = ?",
+                         (time.time() if now is None else now, int(ok), error, listed, recorded,
+                          poll_id))
+
+    def count_released(self, lo_mjd: float, hi_mjd: float) -> int:
+        """Datasets whose release date is in [lo, hi] (MJD, inclusive, as MAST's ranges)."""
+        return int(self._conn().execute(
+            "SELECT count(*) FROM datasets WHERE release_mjd BETWEEN ? AND ?",
+            (lo_mjd, hi_mjd)).fetchone()[0])
+
+    def last_poll_started(self, kind: str | None = None) -> float | None:
+        """When the latest poll (of ``kind``, if given) started; None if there was none."""
+        if kind is None:
+            row = self._conn().execute("SELECT max(started_at) FROM polls").fetchone()
+        else:
+            row = self._conn().execute("SELECT max(started_at) FROM polls WHERE kind = ?",
+                                       (kind,)).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    def first_poll_started(self) -> float | None:
+        """When the first poll (the backfill) started; None on a fresh database."""
+        row = self._conn().execute("SELECT min(started_at) FROM polls").fetchone()
+        return float(row[0]) if row and row[0] is not None else None
 
     # -- dispatch ----------------------------------------------------------------------
 
@@ -452,6 +484,12 @@ class StateStore:
             sql += " LIMIT ?"
             params = (limit,)
         return [DatasetRow(*r) for r in self._conn().execute(sql, params).fetchall()]
+
+    def count_waiting(self) -> int:
+        """New datasets held because their input is not in the archive bucket yet."""
+        return int(self._conn().execute(
+            "SELECT count(*) FROM datasets WHERE state = 'new' "
+            "AND waiting_since IS NOT NULL").fetchone()[0])
 
     def count_in_flight(self) -> int:
         """How many datasets are dispatched and unfinished."""
@@ -740,9 +778,18 @@ class StateStore:
             counts["total"] = sum(counts.values())
             cur = conn.execute("SELECT value FROM meta WHERE key = 'cursor_mjd'").fetchone()
             poll = conn.execute(
-                "SELECT id, kind, started_at, finished_at, window_lo_mjd, window_hi_mjd, ok, "
-                "error, windows, observations, products, seen, new, rejected FROM polls "
+                f"SELECT {_POLL_COLUMNS} FROM polls ORDER BY id DESC LIMIT 1").fetchone()
+            resweep = conn.execute(
+                f"SELECT {_POLL_COLUMNS} FROM polls WHERE kind = 'resweep' "
                 "ORDER BY id DESC LIMIT 1").fetchone()
+            refused = conn.execute(
+                "SELECT reason, count(*) FROM rejects GROUP BY reason "
+                "ORDER BY count(*) DESC").fetchall()
+            examples: dict[str, list[str]] = {
+                reason: [r[0] for r in conn.execute(
+                    "SELECT name FROM rejects WHERE reason = ? ORDER BY first_at DESC, name "
+                    "LIMIT 3", (reason,))]
+                for reason, _ in refused[:10]}
             last_ok = conn.execute(
                 "SELECT max(finished_at) FROM polls WHERE ok = 1").fetchone()[0]
             oldest = conn.execute(
@@ -761,26 +808,38 @@ class StateStore:
                                    "AND waiting_since IS NOT NULL").fetchone()[0]
             withdrawn = conn.execute("SELECT count(*) FROM datasets "
                                      "WHERE withdrawn_at IS NOT NULL").fetchone()[0]
-        poll_keys = ("id", "kind", "started_at", "finished_at", "window_lo_mjd",
-                     "window_hi_mjd", "ok", "error", "windows", "observations", "products",
-                     "seen", "new", "rejected")
-        last_poll = dict(zip(poll_keys, poll, strict=True)) if poll else None
-        if last_poll is not None and last_poll["ok"] is not None:
-            last_poll["ok"] = bool(last_poll["ok"])
         return Snapshot(
             path=str(self.path), schema_version=SCHEMA_VERSION, counts=counts,
-            cursor_mjd=float(cur[0]) if cur else None, last_poll=last_poll,
+            cursor_mjd=float(cur[0]) if cur else None, last_poll=_poll_dict(poll),
             last_ok_poll_at=last_ok, in_flight=counts["dispatched"],
+            last_resweep=_poll_dict(resweep),
             oldest_dispatched_at=oldest[0] if oldest else None,
             recent_failures=[{"obs_id": o, "reason": e, "at": t, "attempts": a}
                              for o, e, t, a in fails],
             done_last_hour=int(hour), done_last_day=int(day), rejected=int(rejected),
             taken_at=now, by_executor={str(k): int(v) for k, v in by_exec.items()},
-            waiting=int(waiting), withdrawn=int(withdrawn))
+            waiting=int(waiting), withdrawn=int(withdrawn),
+            refused_by_reason={str(r): int(n) for r, n in refused},
+            refused_examples=examples)
 
     def integrity_check(self) -> str:
         """``PRAGMA integrity_check``: 'ok' for a sound database."""
         return str(self._conn().execute("PRAGMA integrity_check").fetchone()[0])
+
+
+_POLL_KEYS = ("id", "kind", "started_at", "finished_at", "window_lo_mjd", "window_hi_mjd", "ok",
+              "error", "windows", "observations", "products", "seen", "new", "rejected",
+              "excluded", "listed", "recorded")
+_POLL_COLUMNS = ", ".join(_POLL_KEYS)
+
+
+def _poll_dict(row: Sequence[Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    poll = dict(zip(_POLL_KEYS, row, strict=True))
+    if poll["ok"] is not None:
+        poll["ok"] = bool(poll["ok"])
+    return poll
 
 
 def _fmt_seconds(value: float) -> str:

@@ -17,6 +17,7 @@ from harness import Pipeline
 from moto.server import ThreadedMotoServer
 
 from standin.archive import Archive
+from standin.demo import make_public
 from standin.mast import MastStandin
 
 _AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -51,7 +52,9 @@ def pipeline(tmp_path: Path, aws: str) -> Iterator[Pipeline]:
     """A small archive: 6 exposures released in 2024, files in a fresh bucket."""
     archive = Archive(6, seed=11, start_mjd=60320.0, end_mjd=60500.0)
     bucket = f"stpubdata-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=aws, region_name="us-east-1").create_bucket(Bucket=bucket)
+    s3 = boto3.client("s3", endpoint_url=aws, region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    make_public(s3, bucket)  # the archive is read unsigned, as the real one is
     with MastStandin(archive) as mast:
         p = Pipeline(root=tmp_path, archive=archive, mast=mast, bucket=bucket, endpoint=aws,
                      config_path=tmp_path / "config.toml")

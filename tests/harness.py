@@ -11,27 +11,27 @@ import boto3
 from daemon.config import load_config
 from daemon.service import CycleSummary, Service
 from standin.archive import Archive, Exposure
-from standin.flt import make_flt
+from standin.flt import archive_flt
 from standin.mast import MastStandin
 
-_FLT_CACHE: dict[str, bytes] = {}
+_FLT_CACHE: dict[tuple[str, str], bytes] = {}
 
 
-def flt_bytes(dataset: str) -> bytes:
+# Fewer sources than the science tests use: the pipeline tests check plumbing and that
+# bright injected sources come back, quickly.
+_SOURCES = {"n_stars": 40, "n_galaxies": 40}
+
+
+def flt_bytes(dataset: str, filter: str = "F160W") -> bytes:
     """A synthetic FLT for a dataset, made once per test process (seeded by its name)."""
-    if dataset not in _FLT_CACHE:
-        seed = int.from_bytes(dataset.encode(), "little") % (2**31)
-        # Fewer sources than the science tests use: the pipeline tests check plumbing
-        # and that bright injected sources come back, quickly.
-        data, _ = make_flt(dataset, seed=seed, n_stars=40, n_galaxies=40)
-        _FLT_CACHE[dataset] = data
-    return _FLT_CACHE[dataset]
+    if (dataset, filter) not in _FLT_CACHE:
+        _FLT_CACHE[dataset, filter] = archive_flt(dataset, filter, **_SOURCES)[0]
+    return _FLT_CACHE[dataset, filter]
 
 
-def truth_of(dataset: str) -> object:
-    """The injected sources of ``flt_bytes(dataset)``."""
-    seed = int.from_bytes(dataset.encode(), "little") % (2**31)
-    return make_flt(dataset, seed=seed, n_stars=40, n_galaxies=40)[1]
+def truth_of(dataset: str, filter: str = "F160W") -> object:
+    """The injected sources of ``flt_bytes(dataset, filter)``."""
+    return archive_flt(dataset, filter, **_SOURCES)[1]
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Pipeline:
         for e in exposures:
             if e.dataset in self.uploaded:
                 continue
-            body = content.get(e.dataset) or flt_bytes(e.dataset)
+            body = content.get(e.dataset) or flt_bytes(e.dataset, e.filter)
             s3.put_object(Bucket=self.bucket, Key=e.key, Body=body)  # type: ignore[attr-defined]
             self.uploaded.add(e.dataset)
 
@@ -111,3 +111,48 @@ def toml(sections: dict[str, dict[str, object]]) -> str:
             else:
                 lines.append(f"{key} = {value!r}")
     return "\n".join(lines) + "\n"
+
+
+@dataclass
+class ArchiveScenario:
+    """What the real archive does that a plain synthetic one does not (issue 10), added to
+    a pipeline's archive: each entry as MAST lists it, with MAST's real field values."""
+
+    in_folder: Exposure  # filed under MAST's obs_id, which is not its file's root
+    looked_up: Exposure  # obs_id and file root disagree, and the folder is neither: MAST's
+    # path lookup alone knows it
+    calibration: list[Exposure]  # intentType "calibration"
+    grism: list[Exposure]  # G141 and G102: FLT files like any other, OBSTYPE SPECTROSCOPIC
+    hap: list[str]  # Hubble Advanced Products names, listed as FLT products
+    delayed: Exposure  # listed by MAST; its file reaches the bucket later (upload_delayed)
+
+    @property
+    def catalogued(self) -> list[Exposure]:
+        """The scenario's exposures mastmirror catalogues (the delayed one once it is there)."""
+        return [self.in_folder, self.looked_up, self.delayed]
+
+
+def add_archive_scenario(p: Pipeline, at_mjd: float = 60410.0) -> ArchiveScenario:
+    """Add the scenario's exposures to ``p``'s archive and put every file in the bucket
+    except the delayed one's."""
+    a = p.archive
+    scenario = ArchiveScenario(
+        in_folder=a.add_exposure(at_mjd=at_mjd, dataset="ifld01a1q", obs_id="ifld01a1m"),
+        # Upper case, as older MAST answers (astroquery's recorded products.json).
+        looked_up=a.add_exposure(at_mjd=at_mjd + 1, dataset="ifld02a1q", obs_id="IFLD02A1M",
+                                 folder="ifld02a1n"),
+        calibration=[a.add_exposure(at_mjd=at_mjd + 2, intent="calibration"),
+                     a.add_exposure(at_mjd=at_mjd + 3, intent="calibration", filter="F140W")],
+        grism=[a.add_exposure(at_mjd=at_mjd + 4, filter="G141"),
+               a.add_exposure(at_mjd=at_mjd + 5, filter="G102")],
+        hap=[a.plant_bad("hap", at_mjd=at_mjd + 6, stem=stem).flt_filename for stem in (
+            "hst_16514_21_wfc3_ir_f160w_iepo21aaq", "hst_16514_21_wfc3_ir_f160w_iepo21abq")],
+        delayed=a.add_exposure(at_mjd=at_mjd + 7),
+    )
+    p.upload([e for e in a.exposures() if e.dataset != scenario.delayed.dataset])
+    return scenario
+
+
+def upload_delayed(p: Pipeline, scenario: ArchiveScenario) -> None:
+    """The delayed exposure's file reaches the bucket (MAST listed it before)."""
+    p.upload([scenario.delayed])

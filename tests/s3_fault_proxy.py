@@ -11,6 +11,10 @@ the daemon and the handler interleave.
 region: every answer waits ``latency_s`` before its first byte, and request and response
 bodies move at ``bytes_per_s`` per connection (docs/BENCHMARKS.md says which figures and
 where they come from).
+
+``refuse_signed`` names a bucket that, like the public archive read with a role that has no
+rights on it, refuses every signed request (an ``Authorization`` header or a presigned
+``X-Amz-Signature``) with ``403 AccessDenied``, and serves unsigned ones.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from standin.loopback import LoopbackHTTPServer
 
 SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
             b"<Message>Please reduce your request rate.</Message></Error>")
+ACCESS_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+                 b"<Message>Access Denied</Message></Error>")
 
 
 class S3FaultProxy:
@@ -42,7 +48,8 @@ class S3FaultProxy:
     def __init__(self, upstream: str, *, rate: float = 0.0, seed: int = 1,
                  kinds: tuple[str, ...] = ("slowdown", "drop", "cut"),
                  methods: tuple[str, ...] = ("GET", "PUT", "HEAD", "DELETE"),
-                 latency_s: float = 0.0, bytes_per_s: float = 0.0) -> None:
+                 latency_s: float = 0.0, bytes_per_s: float = 0.0,
+                 refuse_signed: str | None = None) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.rate = rate
@@ -50,6 +57,7 @@ class S3FaultProxy:
         self.bytes_per_s = bytes_per_s
         self.kinds = kinds
         self.methods = methods
+        self.refuse_signed = refuse_signed
         self.counts: Counter[str] = Counter()
         self._seed = seed
         self._seen: Counter[str] = Counter()
@@ -79,6 +87,19 @@ class S3FaultProxy:
             kind = kinds[int(draw / self.rate * len(kinds))]
             self.counts[f"{kind} {method}"] += 1
             return kind
+
+    def refuses(self, path: str, authorization: str | None) -> bool:
+        """Whether a request is a signed one to the ``refuse_signed`` bucket (and count
+        which kind of request each one to that bucket was)."""
+        if self.refuse_signed is None:
+            return False
+        parts = urlsplit(path)
+        if parts.path.lstrip("/").split("/", 1)[0] != self.refuse_signed:
+            return False
+        signed = bool(authorization) or "X-Amz-Signature=" in parts.query
+        with self._lock:
+            self.counts["archive signed" if signed else "archive unsigned"] += 1
+        return signed
 
     def __enter__(self) -> S3FaultProxy:
         self._thread.start()
@@ -120,10 +141,22 @@ def _handler(proxy: S3FaultProxy) -> type[BaseHTTPRequestHandler]:
                 if due > 0:
                     time.sleep(due)
 
+        def _error(self, status: int, reason: str, body: bytes) -> None:
+            """S3's answer to a refused request: an XML error document (none to a HEAD)."""
+            self.send_response(status, reason)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
         def _serve(self) -> None:
             body = self._body()
             if body and proxy.bytes_per_s:
                 time.sleep(len(body) / proxy.bytes_per_s)  # the upload at the same pace
+            if proxy.refuses(self.path, self.headers.get("Authorization")):
+                self._error(403, "Forbidden", ACCESS_DENIED)
+                return
             fault = proxy.fault_for(self.command, self.path, self.headers.get("Range", ""))
             if fault == "drop":
                 # Nothing back at all: the client sees the connection closed.
@@ -131,12 +164,7 @@ def _handler(proxy: S3FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return
             if fault == "slowdown":
-                self.send_response(503, "Slow Down")
-                self.send_header("Content-Type", "application/xml")
-                self.send_header("Content-Length", str(len(SLOWDOWN)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(SLOWDOWN)
+                self._error(503, "Slow Down", SLOWDOWN)
                 return
             headers = {k: v for k, v in self.headers.items()
                        if k.lower() not in ("transfer-encoding", "connection", "content-length")}

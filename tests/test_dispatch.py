@@ -30,6 +30,7 @@ class Recorder:
     """Takes every event (or refuses the ones named), like an executor."""
 
     kind = "lambda"
+    in_flight_cap = None
 
     def __init__(self, refuse: set[str] = frozenset()) -> None:  # type: ignore[assignment]
         self.events: list[dict[str, Any]] = []
@@ -80,6 +81,7 @@ def test_dispatch_gives_back_what_an_executor_failed_to_take(store: StateStore) 
     """An executor that raises leaves nothing marked dispatched."""
     class Broken:
         kind = "lambda"
+        in_flight_cap = None
 
         def submit(self, events: object) -> list[object]:
             raise ConnectionError("no route to Lambda")

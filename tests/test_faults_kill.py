@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from astropy.io import fits
 from harness import Pipeline
 from notify_socket import NotifySocket
@@ -66,6 +67,9 @@ def _catalogs(root: Path) -> dict[str, Path]:
     return {p.name.removesuffix("_flt_sep.fits"): p for p in root.rglob("*_sep.fits")}
 
 
+# 50 daemon starts: about 200 s on an idle 2-core machine, more when it is shared; the
+# suite's default 300 s would turn a slow machine into a failure of what is not slow.
+@pytest.mark.timeout(900)
 def test_kill_9_at_random_moments(pipeline: Pipeline, tmp_path: Path) -> None:
     p = pipeline
     p.write_config(
@@ -112,7 +116,8 @@ def test_kill_9_at_random_moments(pipeline: Pipeline, tmp_path: Path) -> None:
         assert s.integrity_check() == "ok"
         counts = s.counts()
         rows = {r["obs_id"]: r for r in s.db["datasets"].rows}
-    expected = {e.dataset for e in p.archive.exposures()}
+    # Calibration programs released among them are not followed ([mast] intent).
+    expected = {e.dataset for e in p.archive.exposures() if e.science_image}
     assert set(rows) == expected  # none lost, none invented
     assert counts == {"new": 0, "dispatched": 0, "done": len(expected), "failed": 0,
                       "skipped": 0, "total": len(expected)}  # none stuck

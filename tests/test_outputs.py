@@ -23,7 +23,10 @@ from lambda_sep.storage import open_store, s3_client
 
 
 def _key(dataset: str) -> str:
-    return f"hst/public/{dataset[:4]}/{dataset}/{dataset}_flt.fits"
+    # A third of them filed under a folder that is not their root, as MAST files some
+    # (docs/ARCHIVE.md): a listing shared by one 4-character directory must still answer.
+    folder = dataset[:8] + "z" if int(dataset[-1]) % 3 == 0 else dataset
+    return f"hst/public/{dataset[:4]}/{folder}/{dataset}_flt.fits"
 
 
 # Three programs; in each, datasets that are done (catalog), failed (marker), in flight

@@ -76,7 +76,7 @@ def test_run_once_catalogs_every_exposure_then_only_the_new_ones(pipeline: Pipel
 
     for e in exposures:
         cat = _catalog(p, e.key)
-        truth = truth_of(e.dataset)
+        truth = truth_of(e.dataset, e.filter)
         bright = truth[truth["snr"] >= 50]
         assert len(bright) >= 5
         d = np.hypot(cat["x"][None, :] - bright["x"][:, None],
@@ -114,7 +114,7 @@ def test_one_unreadable_exposure_fails_with_its_reason(pipeline: Pipeline) -> No
     assert (p.output_dir / bad.key.replace(".fits", "_sep.error.json")).exists()
 
     # retry puts it back; once the file is mended it is catalogued.
-    p.s3().put_object(Bucket=p.bucket, Key=bad.key, Body=flt_bytes(bad.dataset))
+    p.s3().put_object(Bucket=p.bucket, Key=bad.key, Body=flt_bytes(bad.dataset, bad.filter))
     result = CliRunner().invoke(main, ["--config", str(p.config_path), "retry"])
     assert result.exit_code == 0 and "1 dataset(s) back to new" in result.output
     summary = p.run_once()
@@ -125,6 +125,7 @@ class _BlackHole:
     """An executor that accepts every event and never runs it: results never arrive."""
 
     kind = "lambda"
+    in_flight_cap = None
 
     def __init__(self) -> None:
         self.events: list[Mapping[str, Any]] = []

@@ -16,6 +16,7 @@ from state.store import (
     Discovered,
     Failure,
     Finished,
+    Rejected,
     Skip,
     StateStore,
 )
@@ -233,3 +234,41 @@ def test_a_reader_waits_for_a_database_being_created(tmp_path: Path) -> None:
         assert s.counts()["total"] == 0
     timer.join()
     conn.close()
+
+
+def test_version_2_database_migrates_its_polls_and_the_archive_counters_work(
+        tmp_path: Path) -> None:
+    """Version 3 (issue 10): polls count excluded observations, a resweep's listed and
+    recorded; status counts refused names by reason."""
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(conn, 2)
+    conn.execute("INSERT INTO polls (kind, started_at, window_lo_mjd, ok, new) "
+                 "VALUES ('backfill', 1.0, 55000.0, 1, 3)")
+    conn.close()
+    with StateStore(path) as s:
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert s.snapshot().last_poll["excluded"] == 0  # type: ignore[index]
+        assert s.first_poll_started() == 1.0 and s.last_poll_started("resweep") is None
+        poll = s.begin_poll("resweep", 60000.0, now=5.0)
+        found = [Discovered(f"iabc0000{i}", f"hst/public/iabc/iabc0000{i}/iabc0000{i}_flt.fits",
+                            60000.0 + i, f"IABC0000{i}") for i in range(3)]
+        rejected = [Rejected(f"hst_{i}_flt.fits", "HAP") for i in range(4)] + [
+            Rejected("../x_flt.fits", "path components")]
+        assert s.record_window(poll, 60010.0, found, observations=5, products=20,
+                               rejected=rejected, excluded=2) == 3
+        assert s.count_released(60000.0, 60001.0) == 2  # inclusive, as MAST's ranges
+        s.finish_poll(poll, ok=True, listed=3, recorded=s.count_released(60000.0, 60010.0))
+        snap = s.snapshot()
+        assert snap.last_resweep is not None and snap.last_poll is not None
+        assert (snap.last_resweep["listed"], snap.last_resweep["recorded"],
+                snap.last_resweep["excluded"], snap.last_resweep["new"]) == (3, 3, 2, 3)
+        assert snap.refused_by_reason == {"HAP": 4, "path components": 1}
+        assert snap.refused_examples["HAP"] == ["hst_0_flt.fits", "hst_1_flt.fits",
+                                                "hst_2_flt.fits"]
+        assert s.last_poll_started("resweep") == 5.0
+        # A resweep's window ends before the cursor: the cursor never moves back.
+        assert s.cursor() == 60010.0
+        later = s.begin_poll("resweep", 59000.0)
+        s.record_window(later, 59100.0, [], observations=0, products=0)
+        assert s.cursor() == 60010.0

@@ -137,3 +137,16 @@ def policy_json(doc: dict[str, object]) -> str:
 def explode(event: object, context: object) -> None:
     """A function that fails unhandled (the stand-in's Unhandled path)."""
     raise RuntimeError(f"boom: {event!r}")
+
+
+def deploy_config(root: Path, role_arn: str, function: str, *, executor: str = "") -> Path:
+    """A config.toml for `lambda deploy` under ``root``, with a tiny bundle beside it;
+    ``executor``: more ``[executor]`` lines."""
+    (root / "build").mkdir(exist_ok=True)
+    tiny_bundle(root / "build" / "bundle.zip")
+    config = root / "config.toml"
+    config.write_text(
+        '[archive]\nbucket = "stpubdata"\n[output]\nurl = "s3://mirror-out/catalogs"\n'
+        f'[executor]\nkind = "lambda"\nfunction = "{function}"\n{executor}'
+        f'[lambda]\nrole_arn = "{role_arn}"\nbundle = "build/bundle.zip"\n')
+    return config

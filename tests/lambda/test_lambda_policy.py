@@ -88,6 +88,11 @@ def test_trust_and_daemon_policies() -> None:
     fn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:mastmirror-sep"
     assert d["InvokeExtraction"]["Action"] == "lambda:InvokeFunction"
     assert d["InvokeExtraction"]["Resource"] == [fn, f"{fn}:*"]
+    # What Lambda can run at once (the daemon keeps its in-flight bound within it).
+    assert (d["ReadFunctionConcurrency"]["Action"], d["ReadFunctionConcurrency"]["Resource"]) \
+        == ("lambda:GetFunctionConcurrency", fn)
+    assert (d["ReadAccountConcurrency"]["Action"], d["ReadAccountConcurrency"]["Resource"]) \
+        == ("lambda:GetAccountSettings", "*")
     assert d["ListResults"]["Action"] == "s3:ListBucket"
     assert d["ListResults"]["Resource"] == "arn:aws:s3:::mirror-out"
     assert d["ListResults"]["Condition"] == {"StringLike": {"s3:prefix": ["cat", "cat/*"]}}
@@ -123,10 +128,14 @@ def test_cli_prints_the_policies(tmp_path: Path) -> None:
     runner = CliRunner()
     out = runner.invoke(main, ["--config", str(config), "lambda", "policy"])
     assert out.exit_code == 0, out.output
-    assert json.loads(out.stdout) == execution_role_policy(
+    printed = json.loads(out.stdout)
+    assert printed == execution_role_policy(
         archive_bucket="stpubdata", output_url="s3://mirror-out/cat",
         function=f"arn:aws:lambda:eu-west-1:{ACCOUNT}:function:sep", region="eu-west-1",
-        account=ACCOUNT)
+        account=ACCOUNT, anonymous=True)
+    # [archive] anonymous (the default): the public archive is read unsigned, so the role
+    # needs no right on it at all.
+    assert {st["Sid"] for st in printed["Statement"]} == {"WriteCatalogs", "WriteOwnLogs"}
     trust = runner.invoke(main, ["--config", str(config), "lambda", "policy", "--trust"])
     assert json.loads(trust.stdout) == trust_policy()
     daemon = runner.invoke(main, ["--config", str(config), "lambda", "policy", "--daemon",
@@ -209,6 +218,9 @@ def test_handler_works_with_exactly_the_execution_policy(
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("MASTMIRROR_ALLOWED_BUCKETS", "stpubdata")
     monkeypatch.setenv("MASTMIRROR_ALLOWED_OUTPUTS", "s3://mirror-out/catalogs")
+    # Signed reads of the archive (a private mirror, [archive] anonymous = false): the
+    # statements under test are the ones that grant them.
+    monkeypatch.setenv("MASTMIRROR_ARCHIVE_ANONYMOUS", "0")
     event = {"obs_id": flt_archive.obs_id, "input": {"bucket": "stpubdata",
              "key": flt_archive.key}, "output": "s3://mirror-out/catalogs", "sep": {},
              "attempt": 1}

@@ -51,6 +51,20 @@ def test_file_urls_and_nested_output() -> None:
     assert ev.catalog_key.endswith("icxe15wwq_drz_sep.fits")
 
 
+def test_a_folder_that_differs_from_the_file_root_as_mast_files_it() -> None:
+    # MAST can file an exposure under a folder whose last character differs from the file's
+    # root (docs/ARCHIVE.md): the key is accepted, and the dataset is still the file's root.
+    key = "hst/public/icxe/icxe15wwm/icxe15wwq_flt.fits"
+    ev = parse_event(_with("input.key", key), ENV)
+    assert (ev.obs_id, ev.key) == ("icxe15wwq", key)
+    assert ev.error_key == "hst/public/icxe/icxe15wwm/icxe15wwq_flt_sep.error.json"
+    event = _with("input.key", key)
+    event["obs_id"] = "icxe15wwm"  # the folder's name is not the dataset
+    with pytest.raises(EventError, match="does not match the input key") as info:
+        parse_event(event, ENV)
+    assert info.value.marker == (MARKER[0], ev.error_key)
+
+
 def test_default_allow_lists() -> None:
     assert allowed_buckets({}) == ["s3://stpubdata"]
     assert allowed_outputs({}) == []
@@ -100,7 +114,7 @@ def test_refused_with_marker(path: str, value: Any, message: str) -> None:
     ("input.key", "hst/public/icxe/icxe15wwq/icxe15wwq_flt.fits" + "x" * 2000),
     ("input.key", "hst/public/icxe/icxe15wwq/\u0456cxe15wwq_flt.fits"),
     ("input.key", "hst/public/abcd/icxe15wwq/icxe15wwq_flt.fits"),
-    ("input.key", "hst/public/icxe/icxe15wwq/icxe15wwz_flt.fits"),
+    ("input.key", "hst/public/icxe/icxe16wwq/icxe15wwq_flt.fits"),
     ("input.key", "hst/public/icxe/icxe15wwq/icxe15wwq_flt.fit"),
     ("input.key", "other/prefix/icxe/icxe15wwq/icxe15wwq_flt.fits"),
     ("input.key", 7),

@@ -325,7 +325,11 @@ def test_warm_invocation_imports_nothing(local: Local, exposure) -> None:
 @pytest.fixture
 def s3env(s3: boto3.client, bucket: str, monkeypatch: pytest.MonkeyPatch
           ) -> tuple[boto3.client, str, str]:
-    """An input bucket and an output bucket/prefix on moto, both allowed."""
+    """An input bucket, public like stpubdata (the handler reads it unsigned by default),
+    and an output bucket/prefix on moto, both allowed."""
+    from standin.demo import make_public
+
+    make_public(s3, bucket)
     out_bucket = bucket + "-out"
     s3.create_bucket(Bucket=out_bucket)
     monkeypatch.setenv("MASTMIRROR_ALLOWED_BUCKETS", bucket)
@@ -335,8 +339,9 @@ def s3env(s3: boto3.client, bucket: str, monkeypatch: pytest.MonkeyPatch
 
 @contextlib.contextmanager
 def _hooked(event: str, hook: Callable[..., Any]) -> Iterator[None]:
-    """A botocore event hook on the handler's shared S3 client, for the block only."""
-    client = storage.s3_client()
+    """A botocore event hook on the handler's shared unsigned S3 client (the one it reads
+    the archive with), for the block only."""
+    client = storage.s3_client(anonymous=True)
     client.meta.events.register(event, hook)
     try:
         yield
@@ -454,9 +459,10 @@ def test_s3_disallowed_bucket_marker_only(s3env, s3_tree: Callable[[], dict[str,
 def test_s3_client_reused_across_invocations(s3env) -> None:
     _s3, bucket, out_bucket = s3env
     handler(_s3_event(bucket, out_bucket))
-    first = storage.s3_client()
+    first, reader = storage.s3_client(), storage.s3_client(anonymous=True)
     handler(_s3_event(bucket, out_bucket, attempt=3))
-    assert storage.s3_client() is first
+    assert storage.s3_client() is first and storage.s3_client(anonymous=True) is reader
+    assert reader is not first  # the archive unsigned, the output signed
 
 
 # ------------------------------------------------------------ skipped: not an imaging exposure
