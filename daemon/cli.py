@@ -211,6 +211,62 @@ def retry(obj: _Ctx, obs_ids: tuple[str, ...]) -> None:
         _fail(f"not failed (or unknown): {', '.join(missing)}", EXIT_FAILED)
 
 
+@main.command()
+@click.argument("obs_ids", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Every catalogued dataset.")
+@click.pass_obj
+def refresh(obj: _Ctx, obs_ids: tuple[str, ...], everything: bool) -> None:
+    """Check catalogued inputs (OBS_IDS, or --all) against the archive: a changed one is
+    queued again as its next generation, a missing one reported as withdrawn."""
+    if bool(obs_ids) == everything:
+        _fail("give the OBS_IDS to check, or --all (not both)", EXIT_CONFIG)
+    from daemon.archive import ArchiveBucket
+    from daemon.outputs import OutputStore
+    from daemon.refresh import refresh as check_inputs
+    from state.store import StateStore
+
+    config = obj.logging()
+    try:
+        store = StateStore(config.state_path, create=False)
+    except FileNotFoundError as exc:
+        _fail(str(exc), EXIT_FAILED)
+    archive = ArchiveBucket(config.archive.bucket, anonymous=config.archive.anonymous)
+    try:
+        with store:
+            wanted = [o.lower() for o in obs_ids] if obs_ids else None
+            out = check_inputs(store, archive, OutputStore(config.output_url), obs_ids=wanted)
+    finally:
+        archive.close()
+    _print_refresh(out)
+    if out.missing or out.unknown:
+        _fail(f"{len(out.missing) + len(out.unknown)} dataset(s) not checked", EXIT_FAILED)
+
+
+def _print_refresh(out: Any) -> None:
+    from daemon.prices import S3_GET, S3_PUT
+    from daemon.status import money
+
+    def some(ids: list[str]) -> str:
+        return ", ".join(ids[:20]) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
+
+    click.echo(f"refresh: {out.checked:,} input(s) checked in {out.seconds:.2f} s: "
+               f"{len(out.changed):,} changed, {len(out.withdrawn):,} withdrawn, "
+               f"{out.unchanged:,} unchanged")
+    req = out.requests
+    click.echo(f"requests: {req.heads:,} HEAD + {req.lists:,} LIST = {money(req.cost_usd)} at "
+               f"S3's published prices (${S3_GET * 1000:g} per 1,000 GET-class, "
+               f"${S3_PUT * 1000:g} per 1,000 LIST)")
+    if out.changed:
+        click.echo(f"changed (queued again as their next generation; `mastmirror run --once` "
+                   f"or the daemon re-catalogues them): {some(out.changed)}")
+    if out.withdrawn:
+        click.echo(f"withdrawn from the archive (catalogs kept): {some(out.withdrawn)}")
+    for obs_id, reason in list(out.unknown.items())[:20]:
+        click.echo(f"not checked: {obs_id}: {reason}")
+    if out.missing:
+        click.echo(f"not catalogued (or unknown): {some(out.missing)}")
+
+
 main.add_command(lambda_group, "lambda")
 
 

@@ -93,6 +93,19 @@ class ArchiveSection(_Section):
     anonymous: bool = True
     wait_hours: Annotated[float, Field(gt=0, le=8760)] = 48.0
     recheck_seconds: Annotated[float, Field(ge=0, le=86400)] = 300.0
+    notifications: str = ""
+
+    @field_validator("notifications")
+    @classmethod
+    def _queue_url(cls, value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        path = [p for p in parts.path.split("/") if p]
+        if parts.scheme not in ("http", "https") or not parts.netloc or len(path) != 2:
+            raise ValueError('must be "" (off) or an SQS queue URL such as '
+                             "https://sqs.us-east-1.amazonaws.com/123456789012/stpubdata-events")
+        return value
 
     @field_validator("bucket")
     @classmethod
@@ -208,6 +221,7 @@ class ScheduleSection(_Section):
     reconcile_seconds: Annotated[float, Field(gt=0, le=86400)] = 30.0
     dispatch_seconds: Annotated[float, Field(gt=0, le=86400)] = 5.0
     resweep_hours: Annotated[float, Field(ge=0, le=87600)] = 24.0  # 0: never by itself
+    refresh_per_hour: Annotated[int, Field(ge=0, le=10_000_000)] = 900
 
 
 class LogSection(_Section):

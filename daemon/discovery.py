@@ -169,6 +169,21 @@ class PollOutcome:
     seen: set[str] = field(default_factory=set)  # a resweep: the datasets MAST listed
 
 
+def confirm(client: MastClient, mast: MastSection, keys: Mapping[str, str], *,
+            now: float | None = None) -> list[Discovered]:
+    """The exposures among ``keys`` (dataset -> the archive key heard of) that MAST lists as
+    public science of the configured kind, with their ``mast.product`` file: what a poll
+    would have recorded for them. MAST is asked by the keys' folders (its obs_ids).
+    Raises MastError when MAST does not answer (the caller asks again later)."""
+    if not keys:
+        return []
+    folders = sorted({key.split("/")[-2] for key in keys.values()})
+    public = mjd(time.time() if now is None else now)
+    listed = [o for o in client.observations_by_id(folders) if o.release_mjd <= public]
+    finds, _ = _finds(client, mast, listed)
+    return [d for d in finds.datasets if d.obs_id in keys]
+
+
 def windows(start: float, end: float, step: float) -> list[tuple[float, float]]:
     """Consecutive [lo, hi] windows covering start..end."""
     out = []
@@ -257,29 +272,35 @@ def _walk(store: StateStore, client: MastClient, mast: MastSection, kind: str,
     return out
 
 
+def _finds(client: MastClient, mast: MastSection, listed: list[Observation]
+           ) -> tuple[WindowFinds, int]:
+    """The datasets of these observations, placed in the archive (path lookup where the
+    file root and obs_id disagree), and how many observations the filters left out."""
+    exclude = frozenset(mast.exclude_filters)
+    obs = [o for o in listed if not excluded(o.filters, exclude)]
+    # Consumed as they arrive, keeping only the wanted products: every page of the answer
+    # is in before anything is recorded (a MastError part-way records nothing).
+    finds = select_products(obs, client.products([o.obsid for o in obs]) if obs else (),
+                            mast.product)
+    if finds.unplaced:
+        paths = client.cloud_paths(sorted({u.uri for u in finds.unplaced if u.uri}))
+        placed, refused = place(finds.unplaced, paths)
+        finds.datasets += placed
+        finds.rejected += refused
+    return finds, len(listed) - len(obs)
+
+
 def _window(store: StateStore, client: MastClient, mast: MastSection, out: PollOutcome,
             window: tuple[float, float]) -> bool:
     """Record one window's finds and move the cursor to its end; False if MAST failed."""
     lo, hi = window
-    exclude = frozenset(mast.exclude_filters)
     try:
-        listed = client.observations(lo, hi)
-        obs = [o for o in listed if not excluded(o.filters, exclude)]
-        # Consumed as they arrive, keeping only the wanted products: every page of the
-        # answer is in before anything is recorded (a MastError part-way records nothing).
-        finds = select_products(obs, client.products([o.obsid for o in obs]) if obs else (),
-                                mast.product)
-        if finds.unplaced:
-            paths = client.cloud_paths(sorted({u.uri for u in finds.unplaced if u.uri}))
-            placed, refused = place(finds.unplaced, paths)
-            finds.datasets += placed
-            finds.rejected += refused
+        finds, n_excluded = _finds(client, mast, client.observations(lo, hi))
     except MastError as exc:
         out.ok, out.error = False, str(exc)
         log.error("poll failed", window=[mjd_to_iso(lo), mjd_to_iso(hi)], error=str(exc),
                   cursor=mjd_to_iso(out.cursor_mjd) if out.cursor_mjd else None)
         return False
-    n_excluded = len(listed) - len(obs)
     new = store.record_window(out.poll_id, hi, finds.datasets,
                               observations=finds.observations, products=finds.products,
                               rejected=finds.rejected, excluded=n_excluded)

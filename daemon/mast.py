@@ -127,9 +127,16 @@ class MastClient:
     def observations(self, lo_mjd: float, hi_mjd: float) -> list[Observation]:
         """Every observation of the collection and instrument released in [lo, hi] (MJD),
         of the intents asked for."""
-        criteria: dict[str, Any] = {"obs_collection": self.collection,
-                                    "instrument_name": self.instrument,
-                                    "t_obs_release": [lo_mjd, hi_mjd]}
+        return self._query({"t_obs_release": [lo_mjd, hi_mjd]})
+
+    def observations_by_id(self, obs_ids: Sequence[str]) -> list[Observation]:
+        """The observations of the collection and instrument with these obs_ids (MAST's,
+        the archive folders), of the intents asked for, whatever their release date."""
+        return self._query({"obs_id": list(obs_ids)})
+
+    def _query(self, criteria: dict[str, Any]) -> list[Observation]:
+        criteria = {"obs_collection": self.collection, "instrument_name": self.instrument,
+                    **criteria}
         if self.intent:
             # Without it MAST answers calibration observations too (astroquery's remote
             # tests query intentType="calibration" and get only those).

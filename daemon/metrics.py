@@ -15,8 +15,9 @@ What a scrape answers (names ``mastmirror_*``):
   ``reconciled_total{outcome}``, ``reconcile_passes_total``, ``polls_total{ok}`` (resweeps
   included), and ``errors_total{system, kind}``: MAST polls and resweeps that failed
   (timeout, connection, http, answer, other), S3 request attempts that failed (by error
-  code: botocore retries most of them) and reconcile passes the output store stopped
-  (retryable, refused), and datasets whose invocation Lambda refused after botocore's
+  code: botocore retries most of them), reconcile passes the output store stopped
+  (retryable, refused) and archive inputs the refresh walk could not check
+  (refresh_unchecked), and datasets whose invocation Lambda refused after botocore's
   retries (by error code).
 
 The endpoint is off unless ``listen`` names an address; the counters are kept either way.
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from daemon.discovery import PollOutcome
     from daemon.dispatch import DispatchOutcome
     from daemon.reconcile import ReconcileOutcome
+    from daemon.refresh import RefreshOutcome
     from state.store import StateStore
 
 __all__ = ["Metrics", "mast_error_kind"]
@@ -157,6 +159,12 @@ class Metrics:
         self.passes.inc()
         for name in ("done", "failed", "skipped", "requeued"):
             self.reconciled.labels(outcome=name).inc(getattr(outcome, name))
+
+    def refreshed(self, outcome: RefreshOutcome) -> None:
+        """A refresh batch ended: each input whose HEAD (and LIST) gave no answer is an S3
+        error of the archive's (the error is in the outcome's reasons and the log)."""
+        if outcome.unknown:
+            self.errors.labels("s3", "refresh_unchecked").inc(len(outcome.unknown))
 
     def error(self, system: str, kind: str) -> None:
         """One error of ``system`` ("mast", "s3", "lambda")."""

@@ -2,19 +2,22 @@
 
 US East (N. Virginia), on demand, the first pricing tier, as published when this was written
 (2026); other regions and tiers differ by a few per cent. The daemon's estimated spend
-(``daemon.metrics``) and the cost model in docs/BENCHMARKS.md both read them from here.
+(``daemon.metrics``), the refresh walk's and the notifications' request costs (``status``,
+``mastmirror refresh``) and the cost model in docs/BENCHMARKS.md all read them from here.
+Standard library only: ``status`` imports it and must start fast.
 
 * Lambda (https://aws.amazon.com/lambda/pricing/): duration per GB-second,
   $0.0000166667 on x86_64 and $0.0000133334 on arm64 (the first 6 and 7.5 billion GB-s a
   month); $0.20 per million requests (invocations), either architecture.
 * S3 Standard (https://aws.amazon.com/s3/pricing/): PUT, COPY, POST and LIST $0.005 per
-  1,000 requests; GET, SELECT and HEAD $0.0004 per 1,000; DELETE free. Reading the public
-  archive bucket (stpubdata, AWS Open Data) costs its reader nothing.
+  1,000 requests; "GET, SELECT, and all other requests" $0.0004 per 1,000 (a HEAD bills as
+  one); DELETE free. The archive bucket (stpubdata, AWS Open Data) is not Requester Pays:
+  its owner pays for the reads, and reading it costs its reader nothing.
 """
 
 from __future__ import annotations
 
-__all__ = ["LAMBDA_GB_S", "LAMBDA_REQUEST", "S3_GET", "S3_PUT", "lambda_usd"]
+__all__ = ["LAMBDA_GB_S", "LAMBDA_REQUEST", "S3_GET", "S3_PUT", "cost_usd", "lambda_usd"]
 
 LAMBDA_GB_S = {"x86_64": 0.0000166667, "arm64": 0.0000133334}  # USD per GB-second
 LAMBDA_REQUEST = 0.20 / 1_000_000  # USD per invocation
@@ -27,3 +30,8 @@ def lambda_usd(run_seconds: float, requests: int, *, memory_mb: int, architectur
     ``requests`` invocations (Lambda counts a GB as 1,024 MB)."""
     return (run_seconds * memory_mb / 1024.0 * LAMBDA_GB_S[architecture]
             + requests * LAMBDA_REQUEST)
+
+
+def cost_usd(heads: float, lists: float = 0.0) -> float:
+    """What ``heads`` HEAD (GET-class) and ``lists`` LIST requests cost at S3's prices."""
+    return heads * S3_GET + lists * S3_PUT

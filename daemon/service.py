@@ -1,7 +1,8 @@
-"""The service: poll, dispatch and reconcile on APScheduler, or one full cycle (``--once``).
+"""The service: poll, dispatch, reconcile and refresh on APScheduler, or one full cycle
+(``--once``); with ``[archive] notifications``, a thread long-polls the archive's queue.
 
 The main thread owns signals and the systemd conversation (READY, STATUS, WATCHDOG,
-STOPPING); the three jobs run on the scheduler's threads, one instance each at a time.
+STOPPING); the jobs run on the scheduler's threads, one instance each at a time.
 SIGTERM/SIGINT stop taking new work, give local runs a bounded time to finish, and exit 0;
 SIGHUP reloads config.toml, or logs why it cannot and keeps the old configuration.
 """
@@ -25,6 +26,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor as JobThreads
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from daemon import logs
+from daemon.archive import ArchiveBucket
 from daemon.config import Config, ConfigError, handler_env, load_config
 from daemon.discovery import PollOutcome, poll, resweep, resweep_due
 from daemon.dispatch import dispatch, unsent
@@ -34,8 +36,10 @@ from daemon.lock import InstanceLock
 from daemon.mast import MastClient
 from daemon.metrics import Metrics
 from daemon.mjd import mjd_to_iso
+from daemon.notifications import Listener, Queue
 from daemon.outputs import OutputStore
 from daemon.reconcile import reconcile
+from daemon.refresh import pace, walk
 from daemon.sdnotify import Notifier
 from lambda_sep.storage import StorageError, s3_client
 from state.store import StateStore, unwritable
@@ -112,6 +116,8 @@ class Service:
         self.mast: MastClient | None = None
         self.outputs: OutputStore | None = None
         self.metrics: Metrics | None = None
+        self.archive: ArchiveBucket | None = None
+        self.listener: Listener | None = None
         self.indexer: Indexer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -124,6 +130,9 @@ class Service:
                 self.store = StateStore(self.config.state_path)
                 self.mast = make_mast_client(self.config)
                 self.outputs = OutputStore(self.config.output_url)
+                self.archive = ArchiveBucket(self.config.archive.bucket,
+                                             anonymous=self.config.archive.anonymous)
+                self.listener = self._make_listener(self.config)
                 if self.config.index_url:
                     self.indexer = Indexer(self.config.index_url, self.outputs, self.store,
                                            idle_s=self.config.schedule.reconcile_seconds)
@@ -165,9 +174,22 @@ class Service:
             self.metrics.close()
         if self.mast is not None:
             self.mast.close()
+        if self.listener is not None:
+            self.listener.mast.close()
+        if self.archive is not None:
+            self.archive.close()
         if self.store is not None:
             self.store.close()
         self.lock.release()
+
+    def _make_listener(self, config: Config) -> Listener | None:
+        """The archive-notification listener ``[archive] notifications`` asks for (with a
+        MAST client of its own: it runs beside the poll)."""
+        if not config.archive.notifications:
+            return None
+        assert self.store and self.archive
+        return Listener(Queue(config.archive.notifications), self.store, self.archive,
+                        mast=make_mast_client(config), config=config, outputs=self.outputs)
 
     def _retire(self, executor: Executor, timeout_s: float) -> None:
         """Close an executor replaced by a reload: runs it started finish on their own (the
@@ -184,7 +206,7 @@ class Service:
                       sources=one.get("sources"), duration_s=one.get("duration_s"))
         self._wake.set()
 
-    # -- the three jobs ----------------------------------------------------------------
+    # -- the jobs ----------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _job(self, name: str) -> Iterator[None]:
@@ -278,6 +300,58 @@ class Service:
             if (outcome.done or outcome.failed or outcome.requeued) and self._scheduler:
                 self._scheduler.modify_job("dispatch", next_run_time=_now_dt())
 
+    def refresh_job(self) -> None:
+        """Compare the next few catalogued inputs with the archive (the background walk)."""
+        assert self.store and self.archive
+        with self._job("refresh"):
+            batch, _ = pace(self.config.schedule.refresh_per_hour)
+            outcome = walk(self.store, self.archive, self.outputs, limit=batch)
+            if self.metrics is not None:
+                self.metrics.refreshed(outcome)
+            if outcome.changed and self._scheduler is not None:
+                self._scheduler.modify_job("dispatch", next_run_time=_now_dt())
+
+    def notifications_job(self, *, wait_s: int) -> int:
+        """One poll of the archive's queue (waiting up to ``wait_s`` for a message) and what
+        its messages ask for; returns how many messages arrived."""
+        listener = self.listener
+        if listener is None or self.stop_event.is_set():
+            return 0
+        messages = listener.receive(wait_s=wait_s)  # no state touched: a stop need not wait
+        if not messages or self.stop_event.is_set():
+            return len(messages)  # unhandled ones come back after their visibility timeout
+        with self._job("notifications"):
+            outcome = listener.handle(messages)
+            if (outcome.changed or outcome.recorded) and self._scheduler is not None:
+                self._scheduler.modify_job("dispatch", next_run_time=_now_dt())
+        return len(messages)
+
+    def _listen(self) -> None:
+        """The notification thread: long polls until the daemon stops; trouble reaching the
+        queue is logged and tried again, a little later each time (at most a minute)."""
+        delay = 1.0
+        while not self.stop_event.is_set():
+            if self.listener is None:  # none configured (a reload may add one)
+                self.stop_event.wait(1.0)
+                continue
+            try:
+                self.notifications_job(wait_s=20)
+                delay = 1.0
+            except Exception as exc:
+                log.warning("archive notifications: queue not reachable", error=str(exc),
+                            queue=self.config.archive.notifications, retry_in_s=delay)
+                self.stop_event.wait(delay)
+                delay = min(delay * 2, 60.0)
+
+    def _drain_notifications(self) -> None:
+        """What the archive's queue holds now, for ``run --once`` (short polls until empty)."""
+        try:
+            while self.notifications_job(wait_s=1):
+                pass
+        except Exception as exc:
+            log.warning("archive notifications: queue not reachable", error=str(exc),
+                        queue=self.config.archive.notifications)
+
     # -- run ---------------------------------------------------------------------------
 
     def status_line(self) -> str:
@@ -293,14 +367,18 @@ class Service:
     def run_forever(self) -> int:
         """The daemon loop; returns the exit code."""
         sched = BackgroundScheduler(
-            # poll, resweep (waiting for the poll's MAST client at worst), dispatch, reconcile
-            executors={"default": JobThreads(4)},
+            # poll, resweep (waiting for the poll's MAST client at worst), dispatch,
+            # reconcile, refresh: none waits behind another
+            executors={"default": JobThreads(5)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone="UTC")
         self._scheduler = sched
         self._add_jobs(sched)
         with _signals(self.stop_event, self._reload):
             sched.start()
+            # A daemon thread: a long poll in progress at exit is simply abandoned (its
+            # messages come back after their visibility timeout).
+            threading.Thread(target=self._listen, daemon=True, name="notifications").start()
             if self.indexer is not None:
                 self.indexer.start()
             self.notifier.ready()
@@ -337,6 +415,7 @@ class Service:
         sched.add_job(self.dispatch_job, "interval", seconds=s.dispatch_seconds, id="dispatch")
         sched.add_job(self.reconcile_job, "interval", seconds=s.reconcile_seconds, id="reconcile")
         self._schedule_resweep(sched)
+        self._schedule_refresh(sched)
 
     def _schedule_resweep(self, sched: BackgroundScheduler) -> None:
         """The resweep job, every ``resweep_hours`` counted from the last resweep (or the
@@ -351,6 +430,19 @@ class Service:
         first = max(time.time(), (last or time.time()) + hours * 3600.0)
         sched.add_job(self.resweep_job, "interval", hours=hours, id="resweep",
                       next_run_time=dt.datetime.fromtimestamp(first, dt.UTC))
+
+    def _schedule_refresh(self, sched: BackgroundScheduler) -> None:
+        """(Re)plan the refresh walk at ``[schedule] refresh_per_hour`` (0: none)."""
+        if sched.get_job("refresh") is not None:
+            sched.remove_job("refresh")
+        rate = self.config.schedule.refresh_per_hour
+        if rate > 0:
+            _, every_s = pace(rate)
+            # Soon after start (the first poll and dispatch go first), then at the pace: the
+            # walk goes on from where the last daemon left it.
+            first = _now_dt() + dt.timedelta(seconds=min(every_s, 5.0))
+            sched.add_job(self.refresh_job, "interval", seconds=every_s, id="refresh",
+                          next_run_time=first)
 
     def _await_jobs(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -377,6 +469,7 @@ class Service:
         with _signals(self.stop_event, self._reload), _Progress(progress) as bar:
             summary.poll = self.poll_job(progress=bar.poll)
             summary.resweep = self.resweep_job()
+            self._drain_notifications()
             start_counts = self.store.counts()
             todo = start_counts["new"] + start_counts["dispatched"]
             bar.start_work(todo)
@@ -440,6 +533,17 @@ class Service:
             self.outputs = OutputStore(new.output_url)
             if self.indexer is not None:
                 self.indexer.outputs = self.outputs
+        if new.archive != old.archive or new.mast != old.mast or new.output_url != old.output_url:
+            if (new.archive.bucket, new.archive.anonymous) != \
+                    (old.archive.bucket, old.archive.anonymous) and self.archive is not None:
+                # Closed on a thread of its own: a refresh batch in progress finishes first.
+                threading.Thread(target=self.archive.close, daemon=True,
+                                 name="retire-archive").start()
+                self.archive = ArchiveBucket(new.archive.bucket,
+                                             anonymous=new.archive.anonymous)
+            if self.listener is not None:
+                self.listener.mast.close()
+            self.listener = self._make_listener(new)
         if (new.executor != old.executor or new.archive != old.archive
                 or new.output_url != old.output_url) and self.executor is not None:
             retired = self.executor
@@ -456,6 +560,7 @@ class Service:
             self._scheduler.reschedule_job("reconcile", trigger="interval",
                                            seconds=s.reconcile_seconds)
             self._schedule_resweep(self._scheduler)
+            self._schedule_refresh(self._scheduler)
         log.info("configuration reloaded", source=str(self.config_path))
         self.notifier.ready()
         return True

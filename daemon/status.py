@@ -10,6 +10,7 @@ import click
 
 from daemon.lock import InstanceLock
 from daemon.mjd import mjd_to_iso
+from daemon.prices import cost_usd
 from state.store import Snapshot, StateStore
 
 
@@ -37,6 +38,44 @@ def _poll(poll: dict[str, Any] | None) -> dict[str, Any] | None:
         "rejected": poll["rejected"],
         # observations left out by [mast] exclude_filters (grisms)
         "excluded": poll["excluded"],
+    }
+
+
+def money(dollars: float) -> str:
+    """Dollars as a person reads them: cents, or the first digits of a fraction of one."""
+    return f"${dollars:,.2f}" if dollars >= 0.01 or dollars == 0 else f"${dollars:.2g}"
+
+
+def _freshness(snap: Snapshot) -> dict[str, Any]:
+    """The refresh walk, the archive notifications and what they found (meta counters)."""
+    meta = snap.freshness
+
+    def num(key: str) -> int:
+        return round(float(meta.get(key, 0)))
+
+    def at(key: str) -> str | None:
+        return _iso(float(meta[key])) if key in meta else None
+
+    def tally(prefix: str) -> dict[str, Any]:
+        kinds = ("checked", "changed", "withdrawn", "unknown", "heads", "lists")
+        out: dict[str, Any] = {k: num(f"{prefix}_{k}") for k in kinds}
+        out["cost_usd"] = round(cost_usd(out["heads"], out["lists"]), 6)
+        return out
+
+    done = snap.counts.get("done", 0)
+    pass_done = num("refresh_pass_checked")
+    return {
+        "refresh": {"position": meta.get("refresh_after"), "pass": num("refresh_pass"),
+                    "pass_checked": pass_done,
+                    "pass_fraction": round(min(pass_done / done, 1.0), 4) if done else None,
+                    "pass_started_at": at("refresh_pass_started_at"),
+                    "last_at": at("refresh_at"), **tally("refresh")},
+        "notifications": {"received": num("notify_received"), "dropped": num("notify_dropped"),
+                          "ignored": num("notify_ignored"), "recorded": num("notify_recorded"),
+                          "last_at": at("notify_at"), **tally("notify")},
+        # catalogs made again because their input changed (generation 2 and later)
+        "recatalogued": num("recatalogued"),
+        "withdrawn_recent": [{**w, "at": _iso(w["at"])} for w in snap.withdrawn_recent],
     }
 
 
@@ -69,6 +108,7 @@ def to_dict(snap: Snapshot, *, daemon_pid: int | None = None) -> dict[str, Any]:
         # the same names by reason (HAP products, path tricks...), with a few of each
         "refused": {"total": snap.rejected, "by_reason": snap.refused_by_reason,
                     "examples": snap.refused_examples},
+        "freshness": _freshness(snap),
         "daemon": {"running": daemon_pid is not None, "pid": daemon_pid},
         "database": {"path": snap.path, "schema_version": snap.schema_version},
         "at": _iso(snap.taken_at),
@@ -142,9 +182,26 @@ def render(doc: dict[str, Any]) -> str:
     tp = doc["throughput"]
     info.append(("throughput", f"{tp['done_last_hour']:,} done in the last hour, "
                                f"{tp['done_last_day']:,} in the last day"))
+    fresh = doc["freshness"]
+    r = fresh["refresh"]
+    if r["pass"] or r["checked"]:
+        where = (f"pass {r['pass']}, {r['pass_fraction']:.0%} through (at {r['position']}); "
+                 if r["pass"] and r["pass_fraction"] is not None else "")
+        info.append(("refresh", f"{where}{r['checked']:,} inputs checked, {r['changed']:,} "
+                                f"changed, {r['withdrawn']:,} withdrawn; {r['heads']:,} HEAD "
+                                f"requests ({money(r['cost_usd'])})"))
+    note = fresh["notifications"]
+    if note["received"]:
+        info.append(("notifications", f"{note['received']:,} received: {note['changed']:,} "
+                                      f"changed, {note['recorded']:,} new, "
+                                      f"{note['dropped']:,} malformed (last {note['last_at']})"))
+    if fresh["recatalogued"]:
+        info.append(("re-catalogued", f"{fresh['recatalogued']:,} catalog(s) made again from "
+                                      "a changed input"))
     if d.get("withdrawn"):
+        gone = ", ".join(w["obs_id"] for w in fresh["withdrawn_recent"][:5])
         info.append(("withdrawn", f"{d['withdrawn']:,} catalogued input(s) gone from the "
-                                  "archive (catalogs kept)"))
+                                  f"archive (catalogs kept): {gone}"))
     refused = doc["refused"]
     if refused["total"]:
         why = [f"{refused['total']:,} product name(s) from MAST:"]

@@ -43,6 +43,7 @@ __all__ = [
     "ObjectStore",
     "S3Store",
     "StorageError",
+    "new_s3_client",
     "open_store",
     "s3_client",
     "validate_key",
@@ -100,11 +101,14 @@ _TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno
 
 
 class StorageError(Exception):
-    """The storage failed. ``retryable`` is true only for transient trouble."""
+    """The storage failed. ``retryable`` is true only for transient trouble; ``status`` is
+    the HTTP status S3 answered with, when it answered (403: access denied, for example)."""
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    def __init__(self, message: str, *, retryable: bool = False,
+                 status: int | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.status = status
 
 
 class ObjectNotFound(StorageError):
@@ -261,11 +265,8 @@ def s3_client(*, anonymous: bool = False) -> Any:
                 # is refused with AccessDenied, while anonymous reads work), and when there
                 # are no credentials at all (anything private then fails clearly).
                 session = boto3.session.Session()
-                config = S3_CONFIG
-                if anonymous or session.get_credentials() is None:
-                    config = S3_CONFIG.merge(botocore.config.Config(
-                        signature_version=botocore.UNSIGNED))
-                client = session.client("s3", config=config)
+                client = new_s3_client(
+                    anonymous=anonymous or session.get_credentials() is None, session=session)
                 _clients[cache_key] = client
     return client
 
@@ -284,6 +285,18 @@ def _part_pool() -> ThreadPoolExecutor:
         return pool
 
 
+def new_s3_client(*, anonymous: bool, max_pool_connections: int | None = None,
+                  session: Any = None) -> Any:
+    """An S3 client of the caller's own (``S3_CONFIG``'s retries and timeouts), unsigned
+    when ``anonymous``; ``max_pool_connections`` for a caller with that many threads."""
+    config = S3_CONFIG
+    if anonymous:
+        config = config.merge(botocore.config.Config(signature_version=botocore.UNSIGNED))
+    if max_pool_connections is not None:
+        config = config.merge(botocore.config.Config(max_pool_connections=max_pool_connections))
+    return (session or boto3.session.Session()).client("s3", config=config)
+
+
 def _s3_error(exc: Exception, where: str) -> StorageError:
     """Translate a botocore failure into a StorageError with the right ``retryable``."""
     if isinstance(exc, botocore.exceptions.ClientError):
@@ -296,7 +309,8 @@ def _s3_error(exc: Exception, where: str) -> StorageError:
         # GET's AccessDenied should read as the 403 it is.
         what = f"{code} (HTTP {status})" if code and status and code != str(status) else \
             code or str(status)
-        return StorageError(f"{where}: {what}: {msg}", retryable=retryable)
+        return StorageError(f"{where}: {what}: {msg}", retryable=retryable,
+                            status=status or None)
     transient = (
         botocore.exceptions.ConnectionError,
         botocore.exceptions.HTTPClientError,

@@ -50,6 +50,7 @@ __all__ = [
     "make_drz",
     "make_flt",
     "make_noise_flt",
+    "reprocess_flt",
     "synthesize_flt",
 ]
 
@@ -753,3 +754,22 @@ def make_broken_flt(kind: str, obs_id: str = "icxe15wwq", *, seed: int = 0) -> b
         return _assemble_flt(obs_id, r, sci=np.ascontiguousarray(r["sci"][:, :507]))
     # cube
     return _assemble_flt(obs_id, r, sci=np.stack([r["sci"], r["sci"]]))
+
+
+def reprocess_flt(data: bytes, *, generation: int = 2, flat_change: float = 0.002) -> bytes:
+    """The same exposure as the archive serves it after a reprocessing: a new flat field
+    (SCI and ERR scaled by ``1 + flat_change``), a newer calwf3 in CAL_VER, the new flat's
+    name in PFLTFILE and a keyword the newer pipeline writes (here REPROCNO = ``generation``).
+    Same file name, same dataset, different bytes: a new ETag at the same key."""
+    import io
+
+    with fits.open(io.BytesIO(data)) as hdul:
+        hdul[0].header["CAL_VER"] = (f"3.7.{2 + generation}(2025)", "CALWF3 code version")
+        hdul[0].header["PFLTFILE"] = (f"iref$repro{generation:03d}_pfl.fits",
+                                      "pixel to pixel flat field file name")
+        hdul[0].header["REPROCNO"] = (generation, "stand-in: pipeline reprocessing number")
+        for name in ("SCI", "ERR"):
+            hdul[name].data = (hdul[name].data * np.float32(1 + flat_change)).astype(np.float32)
+        out = io.BytesIO()
+        hdul.writeto(out)
+    return out.getvalue()

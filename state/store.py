@@ -140,13 +140,24 @@ class Changed(NamedTuple):
 
 
 class Catalogued(NamedTuple):
-    """A done dataset as refresh sees it: its input and what it was catalogued from."""
+    """A dataset as refresh and notifications see it: its input and what its current
+    catalog was made from (``state`` is 'done' for a catalogued one)."""
 
     obs_id: str
     input_key: str
     input_etag: str | None
     input_size: int | None
     generation: int
+    state: str = "done"
+
+
+class Checked(NamedTuple):
+    """A done dataset whose input in the archive is the one catalogued. ``etag``/``size``
+    fill in what the state did not record (a catalog made before version 2 recorded it)."""
+
+    obs_id: str
+    etag: str | None = None
+    size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -189,6 +200,11 @@ class Snapshot:
     # Product names refused (ever): reason -> count, and a few names each.
     refused_by_reason: dict[str, int] = field(default_factory=dict)
     refused_examples: dict[str, list[str]] = field(default_factory=dict)
+    #: the refresh walk's position and the freshness counters (meta keys refresh_*,
+    #: notify_*, recatalogued), as stored
+    freshness: dict[str, str] = field(default_factory=dict)
+    #: the most recently withdrawn inputs: obs_id, input key, since when
+    withdrawn_recent: list[dict[str, Any]] = field(default_factory=list)
 
 
 # failed -> new with a fresh attempt budget, and a fresh wait for an input not archived yet.
@@ -196,6 +212,11 @@ _RETRY = "state = 'new', attempts = 0, waiting_since = NULL, not_before = NULL, 
 
 _ROW_COLUMNS = ("obs_id, input_key, state, attempts, dispatches, dispatched_at, executor, "
                 "request_id, generation, min_dispatch")
+_CATALOGUED_COLUMNS = "obs_id, input_key, input_etag, input_size, generation, state"
+
+# A discovered exposure; one already known is left as it is (recorded once however often seen).
+_INSERT_DATASET = ("INSERT OR IGNORE INTO datasets (obs_id, input_key, release_mjd, mast_obs_id, "
+                   "state, discovered_at, updated_at, poll_id) VALUES (?, ?, ?, ?, 'new', ?, ?, ?)")
 
 
 class StateStore:
@@ -349,10 +370,8 @@ class StateStore:
             total = "SELECT sum(n) FROM state_counts"
             before = conn.execute(total).fetchone()[0]
             conn.executemany(
-                "INSERT OR IGNORE INTO datasets (obs_id, input_key, release_mjd, mast_obs_id, "
-                "state, discovered_at, updated_at, poll_id) VALUES (?, ?, ?, ?, 'new', ?, ?, ?)",
-                ((d.obs_id, d.input_key, d.release_mjd, d.mast_obs_id, now, now, poll_id)
-                 for d in found))
+                _INSERT_DATASET, ((d.obs_id, d.input_key, d.release_mjd, d.mast_obs_id, now, now,
+                                   poll_id) for d in found))
             new = conn.execute(total).fetchone()[0] - before
             conn.executemany(
                 "INSERT OR IGNORE INTO rejects (name, reason, first_at, poll_id) "
@@ -369,6 +388,16 @@ class StateStore:
                 (window_hi_mjd, observations, products, len(found), new, len(rejected),
                  excluded, poll_id))
         return new
+
+    def record_found(self, found: Sequence[Discovered], *, now: float | None = None
+                     ) -> list[str]:
+        """Insert exposures learnt of outside a poll (an archive notification MAST
+        confirmed), in one transaction; the cursor does not move. Returns the new obs_ids."""
+        now = time.time() if now is None else now
+        with self.transaction() as conn:
+            return [d.obs_id for d in found if conn.execute(
+                _INSERT_DATASET, (d.obs_id, d.input_key, d.release_mjd, d.mast_obs_id, now, now,
+                                  None)).rowcount]
 
     def finish_poll(self, poll_id: int, *, ok: bool, error: str | None = None,
                     listed: int | None = None, recorded: int | None = None,
@@ -521,6 +550,8 @@ class StateStore:
                      f.attempt)).fetchone()
                 if row:
                     moved.append(row[0])
+                    if row[1] > 1:  # a changed input's next catalog, for status
+                        _set_meta(conn, {}, {"recatalogued": 1})
                     conn.execute(
                         "INSERT OR REPLACE INTO catalogs (obs_id, generation, catalog_key, "
                         "input_etag, input_size, sources, attempt, made_at) "
@@ -659,16 +690,23 @@ class StateStore:
                    obs_ids: Sequence[str] | None = None) -> list[Catalogued]:
         """Done datasets in obs_id order after ``after`` (a refresh walks the mirror in
         pages), or just those of ``obs_ids`` that are done."""
-        cols = "obs_id, input_key, input_etag, input_size, generation"
         conn = self._conn()
         if obs_ids is not None:
             rows = [r for o in obs_ids for r in conn.execute(
-                f"SELECT {cols} FROM datasets WHERE obs_id = ? AND state = 'done'", (o,))]
+                f"SELECT {_CATALOGUED_COLUMNS} FROM datasets WHERE obs_id = ? AND state = 'done'",
+                (o,))]
         else:
             rows = conn.execute(
-                f"SELECT {cols} FROM datasets WHERE state = 'done' AND obs_id > ? "
+                f"SELECT {_CATALOGUED_COLUMNS} FROM datasets WHERE state = 'done' AND obs_id > ? "
                 "ORDER BY obs_id LIMIT ?", (after or "", limit)).fetchall()
         return [Catalogued(*r) for r in rows]
+
+    def known(self, obs_ids: Iterable[str]) -> dict[str, Catalogued]:
+        """The datasets of ``obs_ids`` that exist, in whatever state."""
+        conn = self._conn()
+        rows = [r for o in dict.fromkeys(obs_ids) for r in conn.execute(
+            f"SELECT {_CATALOGUED_COLUMNS} FROM datasets WHERE obs_id = ?", (o,))]
+        return {r[0]: Catalogued(*r) for r in rows}
 
     def mark_changed(self, items: Iterable[Changed], *, now: float | None = None
                      ) -> list[Transition]:
@@ -680,37 +718,41 @@ class StateStore:
         stays at its key until the new one replaces it.
         """
         now = time.time() if now is None else now
-        out: list[Transition] = []
         with self.transaction() as conn:
-            for c in items:
-                reason = f"input changed in the archive (ETag {c.etag} -> {c.new_etag})"
-                row = conn.execute(
-                    "UPDATE datasets SET state = 'new', generation = generation + 1, "
-                    "min_dispatch = dispatches + 1, attempts = 0, not_before = NULL, "
-                    "waiting_since = NULL, withdrawn_at = NULL, checked_at = ?, error = ?, "
-                    "updated_at = ? WHERE obs_id = ? AND state = 'done' AND input_etag IS ? "
-                    "RETURNING obs_id, attempts",
-                    (now, reason, now, c.obs_id, c.etag)).fetchone()
-                if row:
-                    out.append(Transition(row[0], "new", row[1], reason))
-        return out
+            return _changed(conn, items, now)
 
     def mark_checked(self, obs_ids: Iterable[str], *, now: float | None = None) -> int:
         """Record that these done datasets' inputs are unchanged (and present) as of now."""
         now = time.time() if now is None else now
         with self.transaction() as conn:
-            return sum(conn.execute(
-                "UPDATE datasets SET checked_at = ?, withdrawn_at = NULL "
-                "WHERE obs_id = ? AND state = 'done'", (now, o)).rowcount for o in obs_ids)
+            return _checked(conn, (Checked(o) for o in obs_ids), now)
 
     def mark_withdrawn(self, obs_ids: Iterable[str], *, now: float | None = None) -> int:
         """Record that these done datasets' inputs are gone from the archive. The catalog
         stays (and stays done); status flags it."""
         now = time.time() if now is None else now
         with self.transaction() as conn:
-            return sum(conn.execute(
-                "UPDATE datasets SET checked_at = ?, withdrawn_at = coalesce(withdrawn_at, ?) "
-                "WHERE obs_id = ? AND state = 'done'", (now, now, o)).rowcount for o in obs_ids)
+            return _withdrawn(conn, obs_ids, now)
+
+    def record_refresh(self, *, changed: Iterable[Changed] = (), checked: Iterable[Checked] = (),
+                       withdrawn: Iterable[str] = (), meta: dict[str, str] | None = None,
+                       add: dict[str, float] | None = None, count_changed: str | None = None,
+                       now: float | None = None) -> list[Transition]:
+        """What one look at the archive found, in ONE transaction: changed inputs become
+        their next generation, unchanged ones are checked, missing ones withdrawn, and the
+        walk's position (``meta``) and counters (``add``; ``count_changed``: the counter of
+        those that moved) go with them, so a crash never leaves a batch half recorded or
+        counted twice. Returns the changed ones that moved."""
+        now = time.time() if now is None else now
+        with self.transaction() as conn:
+            moved = _changed(conn, changed, now)
+            _checked(conn, checked, now)
+            _withdrawn(conn, withdrawn, now)
+            counters = dict(add or {})
+            if count_changed:
+                counters[count_changed] = counters.get(count_changed, 0) + len(moved)
+            _set_meta(conn, meta or {}, counters)
+        return moved
 
     def history(self, obs_id: str) -> list[dict[str, Any]]:
         """Every catalog made of one dataset, oldest generation first."""
@@ -730,13 +772,7 @@ class StateStore:
     def set_meta(self, values: dict[str, str], *, add: dict[str, float] | None = None) -> None:
         """Set ``values`` and add ``add`` to numeric counters, in one transaction."""
         with self.transaction() as conn:
-            conn.executemany(
-                "INSERT INTO meta (key, value) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value", values.items())
-            conn.executemany(
-                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
-                "SET value = CAST(meta.value AS REAL) + CAST(excluded.value AS REAL)",
-                ((k, repr(float(v))) for k, v in (add or {}).items()))
+            _set_meta(conn, values, add)
 
     # -- operator actions --------------------------------------------------------------
 
@@ -808,6 +844,13 @@ class StateStore:
                                    "AND waiting_since IS NOT NULL").fetchone()[0]
             withdrawn = conn.execute("SELECT count(*) FROM datasets "
                                      "WHERE withdrawn_at IS NOT NULL").fetchone()[0]
+            freshness = dict(conn.execute(
+                "SELECT key, value FROM meta WHERE key GLOB 'refresh_*' "
+                "OR key GLOB 'notify_*' OR key = 'recatalogued'").fetchall())
+            gone = conn.execute(
+                "SELECT obs_id, input_key, withdrawn_at FROM datasets "
+                "WHERE withdrawn_at IS NOT NULL ORDER BY withdrawn_at DESC LIMIT ?",
+                (failures,)).fetchall()
         return Snapshot(
             path=str(self.path), schema_version=SCHEMA_VERSION, counts=counts,
             cursor_mjd=float(cur[0]) if cur else None, last_poll=_poll_dict(poll),
@@ -820,7 +863,9 @@ class StateStore:
             taken_at=now, by_executor={str(k): int(v) for k, v in by_exec.items()},
             waiting=int(waiting), withdrawn=int(withdrawn),
             refused_by_reason={str(r): int(n) for r, n in refused},
-            refused_examples=examples)
+            refused_examples=examples,
+            freshness={str(k): str(v) for k, v in freshness.items()},
+            withdrawn_recent=[{"obs_id": o, "input_key": k, "at": t} for o, k, t in gone])
 
     def integrity_check(self) -> str:
         """``PRAGMA integrity_check``: 'ok' for a sound database."""
@@ -840,6 +885,58 @@ def _poll_dict(row: Sequence[Any] | None) -> dict[str, Any] | None:
     if poll["ok"] is not None:
         poll["ok"] = bool(poll["ok"])
     return poll
+
+
+def _changed(conn: sqlite3.Connection, items: Iterable[Changed], now: float
+             ) -> list[Transition]:
+    out: list[Transition] = []
+    for c in items:
+        reason = f"input changed in the archive (ETag {c.etag} -> {c.new_etag})"
+        row = conn.execute(
+            "UPDATE datasets SET state = 'new', generation = generation + 1, "
+            "min_dispatch = dispatches + 1, attempts = 0, not_before = NULL, "
+            "waiting_since = NULL, withdrawn_at = NULL, checked_at = ?, error = ?, "
+            "updated_at = ? WHERE obs_id = ? AND state = 'done' AND input_etag IS ? "
+            "RETURNING obs_id, attempts",
+            (now, reason, now, c.obs_id, c.etag)).fetchone()
+        if row:
+            out.append(Transition(row[0], "new", row[1], reason))
+    return out
+
+
+def _checked(conn: sqlite3.Connection, items: Iterable[Checked], now: float) -> int:
+    n = 0
+    for c in items:
+        row = conn.execute(
+            "UPDATE datasets SET checked_at = ?, withdrawn_at = NULL, "
+            "input_etag = coalesce(input_etag, ?), input_size = coalesce(input_size, ?) "
+            "WHERE obs_id = ? AND state = 'done' RETURNING generation",
+            (now, c.etag, c.size, c.obs_id)).fetchone()
+        if row:
+            n += 1
+            if c.etag is not None:  # the history learns it too
+                conn.execute("UPDATE catalogs SET input_etag = coalesce(input_etag, ?), "
+                             "input_size = coalesce(input_size, ?) "
+                             "WHERE obs_id = ? AND generation = ?",
+                             (c.etag, c.size, c.obs_id, row[0]))
+    return n
+
+
+def _withdrawn(conn: sqlite3.Connection, obs_ids: Iterable[str], now: float) -> int:
+    return sum(conn.execute(
+        "UPDATE datasets SET checked_at = ?, withdrawn_at = coalesce(withdrawn_at, ?) "
+        "WHERE obs_id = ? AND state = 'done'", (now, now, o)).rowcount for o in obs_ids)
+
+
+def _set_meta(conn: sqlite3.Connection, values: dict[str, str],
+              add: dict[str, float] | None = None) -> None:
+    conn.executemany(
+        "INSERT INTO meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value", values.items())
+    conn.executemany(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+        "SET value = CAST(meta.value AS REAL) + CAST(excluded.value AS REAL)",
+        ((k, repr(float(v))) for k, v in (add or {}).items()))
 
 
 def _fmt_seconds(value: float) -> str:

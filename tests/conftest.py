@@ -6,19 +6,12 @@ against the MAST stand-in, the real handler in the local process pool.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
-from harness import Pipeline
+from harness import Pipeline, open_pipeline
 from moto.server import ThreadedMotoServer
-
-from standin.archive import Archive
-from standin.demo import make_public
-from standin.mast import MastStandin
 
 _AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
@@ -50,19 +43,5 @@ def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture
 def pipeline(tmp_path: Path, aws: str) -> Iterator[Pipeline]:
     """A small archive: 6 exposures released in 2024, files in a fresh bucket."""
-    archive = Archive(6, seed=11, start_mjd=60320.0, end_mjd=60500.0)
-    bucket = f"stpubdata-{uuid.uuid4().hex[:8]}"
-    s3 = boto3.client("s3", endpoint_url=aws, region_name="us-east-1")
-    s3.create_bucket(Bucket=bucket)
-    make_public(s3, bucket)  # the archive is read unsigned, as the real one is
-    with MastStandin(archive) as mast:
-        p = Pipeline(root=tmp_path, archive=archive, mast=mast, bucket=bucket, endpoint=aws,
-                     config_path=tmp_path / "config.toml")
-        p.upload()
-        p.write_config()
-        old = os.getcwd()
-        os.chdir(tmp_path)
-        try:
-            yield p
-        finally:
-            os.chdir(old)
+    with open_pipeline(tmp_path, aws) as p:
+        yield p

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +15,8 @@ import boto3
 from daemon.config import load_config
 from daemon.service import CycleSummary, Service
 from standin.archive import Archive, Exposure
-from standin.flt import archive_flt
+from standin.demo import make_public
+from standin.flt import archive_flt, reprocess_flt
 from standin.mast import MastStandin
 
 _FLT_CACHE: dict[tuple[str, str], bytes] = {}
@@ -71,6 +76,17 @@ class Pipeline:
         new = self.archive.release(n)
         self.upload(new)
         return new
+
+    def reprocess(self, exposures: list[Exposure], *, generation: int = 2) -> dict[str, str]:
+        """The archive reprocesses these exposures: new bytes at the same keys (MAST's
+        release dates do not change). Returns each dataset's new ETag."""
+        s3 = self.s3()
+        etags = {}
+        for e in exposures:
+            body = reprocess_flt(flt_bytes(e.dataset, e.filter), generation=generation)
+            resp = s3.put_object(Bucket=self.bucket, Key=e.key, Body=body)  # type: ignore[attr-defined]
+            etags[e.dataset] = resp["ETag"].strip('"')
+        return etags
 
     def run_once(self) -> CycleSummary:
         """``mastmirror run --once`` in this process: one Service, one cycle, closed."""
@@ -156,3 +172,26 @@ def add_archive_scenario(p: Pipeline, at_mjd: float = 60410.0) -> ArchiveScenari
 def upload_delayed(p: Pipeline, scenario: ArchiveScenario) -> None:
     """The delayed exposure's file reaches the bucket (MAST listed it before)."""
     p.upload([scenario.delayed])
+@contextlib.contextmanager
+def open_pipeline(root: Path, endpoint: str, n: int = 6, *, seed: int = 11
+                  ) -> Iterator[Pipeline]:
+    """An archive of ``n`` exposures released in 2024, their files in a fresh bucket of the
+    S3 server at ``endpoint``, MAST serving it, a config; the working directory is ``root``
+    while the block runs."""
+    archive = Archive(n, seed=seed, start_mjd=60320.0, end_mjd=60500.0)
+    bucket = f"stpubdata-{uuid.uuid4().hex[:8]}"
+    # Readable anonymously, as stpubdata is ([archive] anonymous = true).
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    make_public(s3, bucket)
+    with MastStandin(archive) as mast:
+        p = Pipeline(root=root, archive=archive, mast=mast, bucket=bucket, endpoint=endpoint,
+                     config_path=root / "config.toml")
+        p.upload()
+        p.write_config()
+        old = os.getcwd()
+        os.chdir(root)
+        try:
+            yield p
+        finally:
+            os.chdir(old)

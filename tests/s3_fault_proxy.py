@@ -43,13 +43,18 @@ class S3FaultProxy:
     ("slowdown", "drop", "cut"); ``methods`` limits faults to those HTTP methods.
     ``latency_s``: added before every answer's first byte; ``bytes_per_s``: the pace of
     request and response bodies on each connection (0 = as fast as loopback goes).
+
+    Rights instead of faults: ``forbid_missing`` answers a HEAD or GET of a missing key
+    403 instead of 404, and ``forbid_list`` refuses every listing with 403 AccessDenied:
+    together, what a reader without ``s3:ListBucket`` meets (S3 API reference, HeadObject).
     """
 
     def __init__(self, upstream: str, *, rate: float = 0.0, seed: int = 1,
                  kinds: tuple[str, ...] = ("slowdown", "drop", "cut"),
                  methods: tuple[str, ...] = ("GET", "PUT", "HEAD", "DELETE"),
                  latency_s: float = 0.0, bytes_per_s: float = 0.0,
-                 refuse_signed: str | None = None) -> None:
+                 refuse_signed: str | None = None, forbid_missing: bool = False,
+                 forbid_list: bool = False) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.rate = rate
@@ -58,6 +63,8 @@ class S3FaultProxy:
         self.kinds = kinds
         self.methods = methods
         self.refuse_signed = refuse_signed
+        self.forbid_missing = forbid_missing
+        self.forbid_list = forbid_list
         self.counts: Counter[str] = Counter()
         self._seed = seed
         self._seen: Counter[str] = Counter()
@@ -158,6 +165,9 @@ def _handler(proxy: S3FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self._error(403, "Forbidden", ACCESS_DENIED)
                 return
             fault = proxy.fault_for(self.command, self.path, self.headers.get("Range", ""))
+            if proxy.forbid_list and self.command == "GET" and "list-type=" in self.path:
+                self._error(403, "Forbidden", ACCESS_DENIED)
+                return
             if fault == "drop":
                 # Nothing back at all: the client sees the connection closed.
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -176,6 +186,9 @@ def _handler(proxy: S3FaultProxy) -> type[BaseHTTPRequestHandler]:
                 data = resp.read()
             finally:
                 upstream.close()
+            if proxy.forbid_missing and resp.status == 404 and self.command in ("GET", "HEAD"):
+                self._error(403, "Forbidden", ACCESS_DENIED)
+                return
             self.send_response(resp.status, resp.reason)
             for k, v in resp.getheaders():
                 if k.lower() not in ("transfer-encoding", "connection", "content-length",

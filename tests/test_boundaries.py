@@ -19,8 +19,12 @@ OWNERS = {
     # astroquery's HTTP session: daemon.mast gives it timeouts and retries.
     "requests": {"daemon/mast.py"},
     "urllib3": {"daemon/mast.py"},
-    "boto3": {"lambda_sep/storage.py", "daemon/lambda_invoke.py", "daemon/lambda_deploy.py"},
-    "botocore": {"lambda_sep/storage.py", "daemon/lambda_invoke.py", "daemon/lambda_deploy.py"},
+    # S3 in storage, Lambda in lambda_invoke/lambda_deploy, SQS (the archive's notifications)
+    # in notifications.
+    "boto3": {"lambda_sep/storage.py", "daemon/lambda_invoke.py", "daemon/lambda_deploy.py",
+              "daemon/notifications.py"},
+    "botocore": {"lambda_sep/storage.py", "daemon/lambda_invoke.py", "daemon/lambda_deploy.py",
+                 "daemon/notifications.py"},
     "moto": {"standin/demo.py"},
 }
 

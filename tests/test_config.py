@@ -78,6 +78,11 @@ def test_output_urls(tmp_path: Path) -> None:
     ("[output]\nurl = \"s3://Bad_Bucket/p\"\n", "is not a valid S3 bucket name"),
     ("[archive]\nbucket = \"no/slashes\"\n", "[archive] bucket = 'no/slashes': must be an S3"),
     ("[schedule]\npoll_minutes = 0\n", "[schedule] poll_minutes = 0: input should be greater"),
+    ("[schedule]\nrefresh_per_hour = -1\n", "[schedule] refresh_per_hour = -1: input should be"),
+    ("[archive]\nnotifications = \"arn:aws:sns:us-east-1:879230861493:stpubdata\"\n",
+     "[archive] notifications = 'arn:aws:sns:us-east-1:879230861493:stpubdata': must be \"\" "
+     "(off) or an SQS queue URL"),
+    ("[archive]\nanonymous = \"yes\"\n", "[archive] anonymous = 'yes': input should be a valid"),
     ("[executor]\nfunction = \"bad name!\"\n", "[executor] function = 'bad name!'"),
     ("[nonsense]\nx = 1\n", "unknown section [nonsense]"),
     ("mast = 3\n", "[mast] must be a table"),

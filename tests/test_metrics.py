@@ -19,6 +19,7 @@ from daemon.dispatch import LAMBDA_REQUESTS
 from daemon.metrics import Metrics, mast_error_kind
 from daemon.prices import LAMBDA_GB_S, LAMBDA_REQUEST, S3_PUT
 from daemon.reconcile import LAMBDA_RUN_MS, OUTPUT_PUTS
+from daemon.refresh import RefreshOutcome
 from daemon.service import Service
 from lambda_sep.storage import S3_CONFIG, StorageError, open_store
 from state.store import StateStore
@@ -82,6 +83,8 @@ def test_spend_and_errors(tmp_path: Path) -> None:
         metrics.polled(PollOutcome(1, "poll", ok=False,
                                    error="MAST observations query timed out (http://x)"))
         metrics.polled(PollOutcome(2, "poll", ok=True))
+        metrics.refreshed(RefreshOutcome(unknown={"icxe15wwq": "SlowDown",
+                                                  "icxe15wxq": "HEAD and LIST both refused"}))
         got = _scrape(address)
     finally:
         metrics.close()
@@ -92,6 +95,8 @@ def test_spend_and_errors(tmp_path: Path) -> None:
         1200 * S3_PUT)
     assert got[("mastmirror_errors_total", (("kind", "timeout"), ("system", "mast")))] == 1
     assert got[("mastmirror_polls_total", (("ok", "false"),))] == 1
+    assert got[("mastmirror_errors_total", (("kind", "refresh_unchecked"),
+                                            ("system", "s3")))] == 2
     assert got[("mastmirror_last_poll_age_seconds", ())] != got[(
         "mastmirror_last_poll_age_seconds", ())]  # NaN: no poll in this database
 
