@@ -186,11 +186,13 @@ def _upload(n: int, seed: int) -> list[str]:
     import boto3
 
     from lambda_sep.contract import archive_key
+    from standin.demo import make_public
     from standin.flt import make_flt
 
     s3 = boto3.client("s3")
     for bucket in (BUCKET, OUT_BUCKET):
         s3.create_bucket(Bucket=bucket)
+    make_public(s3, BUCKET)  # the handler reads the archive unsigned, as stpubdata is read
     keys = []
     for i in range(n):
         obs_id = f"icxe15w{i % 10}{'abcdefghijklmnopqrstuvwxyz'[i // 10]}"
