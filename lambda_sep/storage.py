@@ -63,7 +63,9 @@ S3_CONFIG = Config(
     connect_timeout=5,
     read_timeout=30,
     tcp_keepalive=True,
-    max_pool_connections=16,
+    # The daemon's reconcile lists with 32 threads on the shared client (daemon.outputs);
+    # the function needs PART_THREADS plus its reader and writer. Connections open on use.
+    max_pool_connections=32,
 )
 # A GET whose body is cut off after the headers arrived is re-issued this many times in all.
 BODY_READ_ATTEMPTS = 3

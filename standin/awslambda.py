@@ -571,13 +571,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allowed-buckets", default=os.environ.get(
         ENV_ALLOWED_BUCKETS, DEFAULT_ALLOWED_BUCKETS))
     parser.add_argument("--allowed-outputs", default=os.environ.get(ENV_ALLOWED_OUTPUTS, ""))
+    parser.add_argument("--account-limit", type=int, default=1000,
+                        help="the account's concurrent executions GetAccountSettings reports")
     args = parser.parse_args(argv)
     env = function_env(args.allowed_buckets, args.allowed_outputs)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with running(args.function, workers=args.workers, env=env, run=not args.no_run,
-                 port=args.port) as standin:
+                 port=args.port, account_limit=args.account_limit) as standin:
         print(standin.url, flush=True)
         stop.wait()
     totals = {k: v for k, v in standin.stats().items() if not k.endswith("_by_obs")}
