@@ -28,13 +28,14 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from s3_fault_proxy import S3FaultProxy  # noqa: E402
 
 from daemon.outputs import OutputStore  # noqa: E402
+from daemon.prices import S3_GET, S3_PUT  # noqa: E402
 from lambda_sep.contract import catalog_key, error_key  # noqa: E402
 from lambda_sep.storage import open_store, s3_client  # noqa: E402
 from standin.archive import Archive  # noqa: E402
 from standin.demo import moto_s3  # noqa: E402
 
-# us-east-1 S3 Standard list prices per 1,000 requests at the time of writing.
-PRICE = {"LIST": 0.005, "HEAD": 0.0004, "GET": 0.0004}
+# S3 Standard prices per 1,000 requests (daemon/prices.py).
+PRICE = {"LIST": S3_PUT * 1000, "HEAD": S3_GET * 1000, "GET": S3_GET * 1000}  # per 1,000
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 # Config validation must not depend on whatever pydantic plugins happen to be installed,
 # and looking them up (entry-point scanning) is a tenth of `status`'s start-up.
@@ -19,9 +19,12 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 import click
 
 from daemon import __version__
-from daemon.config import Config, ConfigError, find_config, load_config
+from daemon.configfile import ConfigError, find_config, state_path
 from daemon.lambda_cli import lambda_group
 from daemon.lock import AlreadyRunning, InstanceLock
+
+if TYPE_CHECKING:
+    from daemon.config import Config
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 1, 2, 3
 
@@ -41,12 +44,21 @@ class _Ctx:
     def config(self) -> Config:
         """The validated configuration (loaded on first use; exits 2 if unusable)."""
         if self._config is None:
+            from daemon.config import load_config  # pydantic: not for `status`
+
             try:
                 self.path = find_config(self.config_arg)
                 self._config = load_config(self.path)
             except ConfigError as exc:
                 _fail(str(exc), EXIT_CONFIG)
         return self._config
+
+    def state_path(self) -> Path:
+        """Only ``[state] path``, without validating the rest (exits 2 if unusable)."""
+        try:
+            return state_path(find_config(self.config_arg))
+        except ConfigError as exc:
+            _fail(str(exc), EXIT_CONFIG)
 
     def logging(self) -> Config:
         """The configuration, with logging set up from its ``[log]`` section."""
@@ -165,19 +177,18 @@ def resweep_command(obj: _Ctx, everything: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def status(obj: _Ctx, as_json: bool) -> None:
-    """What the mirror holds and what the daemon is doing."""
+    """What the mirror holds and what the daemon is doing (reads only [state] path of the
+    config; the daemon validates the rest when it starts)."""
     from daemon.status import render, status_document
 
     try:
-        doc = status_document(obj.config)
+        doc = status_document(obj.state_path())
     except FileNotFoundError as exc:
         _fail(str(exc), EXIT_FAILED)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return
-    from rich.console import Console
-
-    render(doc, Console())
+    click.echo(render(doc))
 
 
 @main.command()
@@ -232,7 +243,7 @@ def refresh(obj: _Ctx, obs_ids: tuple[str, ...], everything: bool) -> None:
 
 
 def _print_refresh(out: Any) -> None:
-    from daemon.prices import GET_PRICE_PER_1000, LIST_PRICE_PER_1000
+    from daemon.prices import S3_GET, S3_PUT
     from daemon.status import money
 
     def some(ids: list[str]) -> str:
@@ -243,8 +254,8 @@ def _print_refresh(out: Any) -> None:
                f"{out.unchanged:,} unchanged")
     req = out.requests
     click.echo(f"requests: {req.heads:,} HEAD + {req.lists:,} LIST = {money(req.cost_usd)} at "
-               f"S3's published prices (${GET_PRICE_PER_1000:g} per 1,000 GET-class, "
-               f"${LIST_PRICE_PER_1000:g} per 1,000 LIST)")
+               f"S3's published prices (${S3_GET * 1000:g} per 1,000 GET-class, "
+               f"${S3_PUT * 1000:g} per 1,000 LIST)")
     if out.changed:
         click.echo(f"changed (queued again as their next generation; `mastmirror run --once` "
                    f"or the daemon re-catalogues them): {some(out.changed)}")

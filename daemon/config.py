@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,10 +18,20 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+# Finding and reading the file: the standard-library part, which `status` uses alone.
+from daemon.configfile import (
+    DEFAULT_STATE_PATH,
+    SEARCH_ENV,
+    SYSTEM_PATH,
+    ConfigError,
+    find_config,
+    read_toml,
+    resolve,
+)
 from lambda_sep.contract import BUCKET_NAME, BUCKET_RE, function_env
 
-SEARCH_ENV = "MASTMIRROR_CONFIG"
-SYSTEM_PATH = Path("/etc/mastmirror/config.toml")
+__all__ = ["SEARCH_ENV", "SYSTEM_PATH", "Config", "ConfigError", "config_from_dict",
+           "find_config", "handler_env", "load_config"]
 
 # The retention periods CloudWatch Logs accepts (PutRetentionPolicy), in days.
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096,
@@ -30,10 +39,6 @@ LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 
 _LAMBDA_NAME_RE = re.compile(
     r"^[A-Za-z0-9_-]{1,64}$"
     r"|^arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:function:[A-Za-z0-9_-]{1,64}(:[A-Za-z0-9$_-]+)?$")
-
-
-class ConfigError(Exception):
-    """A configuration file that cannot be used; the message says where and why."""
 
 
 class _Section(BaseModel):
@@ -135,6 +140,8 @@ class ExecutorSection(_Section):
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
     timeout_seconds: Annotated[float, Field(gt=0, le=86400)] = 900.0
     retry_backoff_seconds: Annotated[float, Field(ge=0, le=86400)] = 30.0
+    # Exposures per event (lambda_sep.contract.MAX_BATCH is the function's own limit).
+    batch: Annotated[int, Field(ge=1, le=100)] = 1
     function: str = "mastmirror-sep"
 
     @field_validator("function")
@@ -151,7 +158,9 @@ class ExecutorSection(_Section):
         if self.max_in_flight:
             return self.max_in_flight
         # A local pool gets a short queue so a worker never waits; Lambda gets its concurrency.
-        return self.concurrency * 2 if self.kind == "local" else self.concurrency
+        # Either way in events, each carrying ``batch`` datasets.
+        events = self.concurrency * 2 if self.kind == "local" else self.concurrency
+        return events * self.batch
 
 
 class LambdaSection(_Section):
@@ -184,10 +193,25 @@ class LambdaSection(_Section):
         return value
 
 
+class MetricsSection(_Section):
+    """``[metrics]``: the Prometheus endpoint."""
+
+    # "host:port" to serve /metrics on (e.g. "127.0.0.1:9464"; port 0 picks a free one and
+    # the log says which); "" = no endpoint.
+    listen: Annotated[str, Field(pattern=r"^$|^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$")] = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _port(cls, value: str) -> str:
+        if value and int(value.rpartition(":")[2]) > 65535:
+            raise ValueError("the port must be 0-65535")
+        return value
+
+
 class StateSection(_Section):
     """``[state]``: the SQLite database."""
 
-    path: Annotated[str, Field(min_length=1)] = "mastmirror.db"
+    path: Annotated[str, Field(min_length=1)] = DEFAULT_STATE_PATH
 
 
 class ScheduleSection(_Section):
@@ -216,9 +240,10 @@ class Config(_Section):
     index: IndexSection = IndexSection()
     executor: ExecutorSection = ExecutorSection()
     lambda_: LambdaSection = Field(default=LambdaSection(), alias="lambda")
-    state: StateSection = StateSection()
+    state: StateSection = StateSection()  # read alone by daemon.configfile.state_path
     schedule: ScheduleSection = ScheduleSection()
     log: LogSection = LogSection()
+    metrics: MetricsSection = MetricsSection()
     sep: dict[str, Any] = Field(default_factory=dict)
     source: str = "<defaults>"
 
@@ -248,41 +273,9 @@ def handler_env(config: Config) -> dict[str, str]:
                         anonymous=config.archive.anonymous)
 
 
-def find_config(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str] = os.environ,
-                cwd: Path | None = None) -> Path:
-    """Pick the config file: ``--config``, then ./config.toml, $MASTMIRROR_CONFIG, /etc/mastmirror.
-
-    An explicit path that does not exist is an error (it names that path); otherwise the
-    first file that exists wins, and none existing is an error listing where it looked.
-    """
-    if explicit is not None:
-        path = Path(explicit)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found (given with --config)")
-        return path
-    candidates = [(cwd or Path.cwd()) / "config.toml"]
-    if environ.get(SEARCH_ENV):
-        candidates.append(Path(environ[SEARCH_ENV]))
-    candidates.append(SYSTEM_PATH)
-    for path in candidates:
-        if path.is_file():
-            return path
-    looked = ", ".join(str(p) for p in candidates)
-    raise ConfigError(f"no config file found (looked for {looked}); pass --config PATH")
-
-
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read, validate and resolve one config file; raise ConfigError naming file and key."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return config_from_dict(raw, source=path)
+    return config_from_dict(read_toml(path), source=Path(path))
 
 
 def config_from_dict(raw: Mapping[str, Any], *, source: str | os.PathLike[str] = "<defaults>",
@@ -305,24 +298,19 @@ def config_from_dict(raw: Mapping[str, Any], *, source: str | os.PathLike[str] =
         raise ConfigError(_describe(exc, source)) from None
     sep_params = _validate_sep(raw.get("sep", {}), source)
     return config.model_copy(update={
-        "state": config.state.model_copy(update={"path": str(_resolve(config.state.path, base))}),
+        "state": config.state.model_copy(update={"path": str(resolve(config.state.path, base))}),
         "output": config.output.model_copy(update={"url": _store_url(config.output.url, base,
                                                                        source, "output")}),
         "index": config.index.model_copy(update={"url": config.index.url and _store_url(
             config.index.url, base, source, "index")}),
         "lambda_": config.lambda_.model_copy(
-            update={"bundle": str(_resolve(config.lambda_.bundle, base))}),
+            update={"bundle": str(resolve(config.lambda_.bundle, base))}),
         "sep": sep_params,
     })
 
 
 _SECTIONS = ("mast", "archive", "output", "index", "executor", "lambda", "state", "schedule",
-             "log", "sep")
-
-
-def _resolve(value: str, base: Path) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base / path).resolve()
+             "log", "metrics", "sep")
 
 
 def _store_url(value: str, base: Path, source: str | os.PathLike[str], section: str) -> str:
@@ -343,7 +331,7 @@ def _store_url(value: str, base: Path, source: str | os.PathLike[str], section: 
     if parts.scheme:
         raise ConfigError(f"{where}: expected a directory, file:///abs/dir or "
                           "s3://bucket/prefix")
-    return "file://" + str(_resolve(value, base))
+    return "file://" + str(resolve(value, base))
 
 
 def _validate_sep(raw: Any, source: str | os.PathLike[str]) -> dict[str, Any]:

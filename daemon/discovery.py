@@ -278,8 +278,10 @@ def _finds(client: MastClient, mast: MastSection, listed: list[Observation]
     file root and obs_id disagree), and how many observations the filters left out."""
     exclude = frozenset(mast.exclude_filters)
     obs = [o for o in listed if not excluded(o.filters, exclude)]
-    products = list(client.products([o.obsid for o in obs])) if obs else []
-    finds = select_products(obs, products, mast.product)
+    # Consumed as they arrive, keeping only the wanted products: every page of the answer
+    # is in before anything is recorded (a MastError part-way records nothing).
+    finds = select_products(obs, client.products([o.obsid for o in obs]) if obs else (),
+                            mast.product)
     if finds.unplaced:
         paths = client.cloud_paths(sorted({u.uri for u in finds.unplaced if u.uri}))
         placed, refused = place(finds.unplaced, paths)

@@ -1,25 +1,31 @@
-"""Dispatch: new -> dispatched, one event per dataset, within the in-flight bound.
+"""Dispatch: new -> dispatched, one event per dataset (or per ``[executor] batch`` datasets),
+within the in-flight bound.
 
-Datasets are marked dispatched (one transaction per batch) *before* the events leave, so a
+Datasets are marked dispatched (one transaction per claim) *before* the events leave, so a
 crash in between costs a timeout and a second invocation, never a lost dataset. An event
 that never reached the function (throttled past every retry, no network) is put back
-without counting an attempt.
+without counting an attempt, every dataset it carried alike. Datasets of one batch are
+neighbours in obs_id order, so their results sit side by side in the output store.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from daemon.config import Config
 from daemon.executors import Executor
-from lambda_sep.contract import make_event
+from lambda_sep.contract import exposures, make_batch, make_event
 from state.store import Claim, DatasetRow, Sent, StateStore
 
 log = structlog.get_logger("mastmirror.dispatch")
+
+# Meta counter: Lambda invocations sent, ever (the request charge of the spend estimate).
+LAMBDA_REQUESTS = "spend.lambda_requests"
 
 
 def event_for(row: DatasetRow, config: Config) -> dict[str, Any]:
@@ -32,9 +38,11 @@ def event_for(row: DatasetRow, config: Config) -> dict[str, Any]:
 class DispatchOutcome:
     """What one dispatch run did."""
 
-    sent: int = 0
+    sent: int = 0  # datasets
+    invocations: int = 0  # events that reached the function
     returned: int = 0
     in_flight: int = 0
+    refused: Counter[str] = field(default_factory=Counter)  # datasets not sent, by kind
 
 
 def dispatch(store: StateStore, executor: Executor, config: Config, *, run_id: str,
@@ -54,6 +62,9 @@ def dispatch(store: StateStore, executor: Executor, config: Config, *, run_id: s
         if not rows:
             break
         events = [event_for(r, config) for r in rows]
+        size = config.executor.batch
+        if size > 1:
+            events = [make_batch(events[i:i + size]) for i in range(0, len(events), size)]
         try:
             results = executor.submit(events)
         except BaseException as exc:
@@ -65,6 +76,10 @@ def dispatch(store: StateStore, executor: Executor, config: Config, *, run_id: s
         ok = [Sent(s.obs_id, s.request_id or "", s.dispatch) for s in results if s.error is None]
         if ok:
             store.set_request_ids(ok)
+            invocations = len({s.request_id for s in ok})  # a batch's exposures share one
+            out.invocations += invocations
+            if executor.kind == "lambda":  # Lambda's request charge, for the spend estimate
+                store.set_meta({}, add={LAMBDA_REQUESTS: invocations})
         for s in results:
             if s.error is None:
                 log.info("dispatched", obs_id=s.obs_id, attempt=s.dispatch,
@@ -76,6 +91,7 @@ def dispatch(store: StateStore, executor: Executor, config: Config, *, run_id: s
             for s in failed:
                 log.warning("not dispatched", obs_id=s.obs_id, attempt=s.dispatch, error=s.error)
             out.returned += len(back)
+            out.refused.update(s.kind or "other" for s in failed)
         out.sent += len(ok)
         if failed:
             break  # the executor is refusing work; try again on the next run
@@ -85,7 +101,8 @@ def dispatch(store: StateStore, executor: Executor, config: Config, *, run_id: s
 
 def unsent(store: StateStore, events: list[Mapping[str, Any]], reason: str) -> int:
     """Put back events an executor accepted but never started (at shutdown)."""
-    back = store.unclaim([Claim(e["obs_id"], int(e["attempt"])) for e in events], reason=reason)
+    back = store.unclaim([Claim(e["obs_id"], int(e["attempt"]))
+                          for event in events for e in exposures(dict(event))], reason=reason)
     for t in back:
         log.info("requeued", obs_id=t.obs_id, reason=reason)
     return len(back)

@@ -17,10 +17,14 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
-from pebble import ProcessExpired, ProcessPool
+
+from lambda_sep.contract import exposures
+
+if TYPE_CHECKING:
+    from pebble import ProcessPool
 
 log = structlog.get_logger("mastmirror.executor")
 
@@ -33,6 +37,7 @@ class Submitted:
     dispatch: int
     request_id: str | None
     error: str | None = None  # set when the event never reached the function
+    kind: str | None = None  # what kind of error, for the metrics (a Lambda error code...)
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,13 @@ class Lost:
     reason: str
 
 
+def each_exposure(event: Mapping[str, Any], request_id: str | None, error: str | None = None,
+                  kind: str | None = None) -> list[Submitted]:
+    """One Submitted per exposure of ``event`` (several for a batch, lambda_sep.contract)."""
+    return [Submitted(str(e["obs_id"]), int(e["attempt"]), request_id, error, kind)
+            for e in exposures(dict(event))]
+
+
 class Executor(Protocol):
     """What dispatch and the service need from an executor."""
 
@@ -52,7 +64,7 @@ class Executor(Protocol):
     in_flight_cap: int | None
 
     def submit(self, events: Sequence[Mapping[str, Any]]) -> list[Submitted]:
-        """Hand the events over; one Submitted per event, in order."""
+        """Hand the events over; one Submitted per exposure, in order."""
         ...
 
     def drain_lost(self) -> list[Lost]:
@@ -143,6 +155,10 @@ class LocalExecutor:
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPool:
+        # Imported here: the Lambda executor's sender processes import this module, and
+        # stay smaller without pebble.
+        from pebble import ProcessPool
+
         # spawn: the daemon runs scheduler threads, and forking a threaded process is unsafe.
         return ProcessPool(max_workers=self.concurrency,
                            context=multiprocessing.get_context("spawn"),
@@ -169,10 +185,10 @@ class LocalExecutor:
             if broken is not None:
                 broken.stop()
                 broken.join()
-                out.append(Submitted(event["obs_id"], event["attempt"], None, error))
+                out.extend(each_exposure(event, None, error, "pool"))
                 continue
             fut.add_done_callback(self._done)
-            out.append(Submitted(event["obs_id"], event["attempt"], request_id))
+            out.extend(each_exposure(event, request_id))
         return out
 
     def _done(self, fut: cf.Future[dict[str, Any]]) -> None:
@@ -188,15 +204,21 @@ class LocalExecutor:
         if self._closing:
             return  # abandoned at shutdown: left dispatched for the next daemon to requeue
         reason = self._lost_reason(exc)
-        log.error("invocation lost", obs_id=event["obs_id"], attempt=event["attempt"],
-                  reason=reason)
+        # A batch's exposures that finished before the worker died have their results in
+        # the output store: the reconciler finds those first, and ignores these for them.
+        lost = [Lost(s.obs_id, s.dispatch, reason) for s in each_exposure(event, None)]
+        for item in lost:
+            log.error("invocation lost", obs_id=item.obs_id, attempt=item.dispatch,
+                      reason=reason)
         with self._lock:
-            self._lost.append(Lost(event["obs_id"], event["attempt"], reason))
+            self._lost.extend(lost)
 
     def _lost_reason(self, exc: BaseException) -> str:
         # The handler catches its own errors, so an exception here is about the worker.
         if isinstance(exc, TimeoutError):
             return f"timed out: still running after {self._timeout_s:g} s; worker stopped"
+        from pebble import ProcessExpired
+
         if isinstance(exc, ProcessExpired):
             code = exc.exitcode
             how = (f"killed by {signal.Signals(-code).name}" if code < 0 and

@@ -13,11 +13,12 @@ import json
 import platform
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import click
 
-from daemon.config import Config, handler_env
+if TYPE_CHECKING:  # the CLI imports this module; `status` must not pay for pydantic
+    from daemon.config import Config
 
 EXIT_FAILED, EXIT_CONFIG = 1, 2
 
@@ -140,6 +141,7 @@ def policy(obj: _HasConfig, *, which: str | None, region: str | None,
 
 def function_spec(config: Config, *, reserved_concurrency: int | None = None) -> Any:
     """The ``daemon.lambda_deploy.FunctionSpec`` that ``config`` describes."""
+    from daemon.config import handler_env
     from daemon.lambda_deploy import DeployConfigError, FunctionSpec, function_name
     from lambda_sep import __version__
 

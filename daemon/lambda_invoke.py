@@ -43,7 +43,7 @@ import botocore.config
 import botocore.exceptions
 import structlog
 
-from daemon.executors import Lost, Submitted, pool_worker_setup
+from daemon.executors import Lost, Submitted, each_exposure, pool_worker_setup
 
 if TYPE_CHECKING:
     from daemon.config import Config
@@ -68,6 +68,9 @@ def lambda_client(*, threads: int, retry_mode: RetryMode = "standard", max_attem
         connect_timeout=connect_timeout_s,
         read_timeout=read_timeout_s,
         tcp_keepalive=True,
+        # The three parameters are always the same well-formed strings, and Lambda checks
+        # them anyway: botocore's own check is a tenth of the call's CPU.
+        parameter_validation=False,
     )
     # A Session of its own: the default session is not safe to create clients from
     # concurrently, and the daemon may rebuild its executor on SIGHUP.
@@ -127,8 +130,8 @@ def capacity_warning(capacity: Capacity, wanted: int, function_name: str) -> str
             "higher limit (Service Quotas, 'Concurrent executions') or lower the concurrency")
 
 
-def _not_sent(events: Sequence[Mapping[str, Any]], reason: str) -> list[Submitted]:
-    return [Submitted(str(e["obs_id"]), int(e["attempt"]), None, reason) for e in events]
+def _not_sent(events: Sequence[Mapping[str, Any]], reason: str, kind: str) -> list[Submitted]:
+    return [s for e in events for s in each_exposure(e, None, reason, kind)]
 
 
 class _Sender:
@@ -140,8 +143,8 @@ class _Sender:
         self._pool = cf.ThreadPoolExecutor(max_workers=threads,
                                            thread_name_prefix="lambda-invoke")
 
-    def invoke(self, event: Mapping[str, Any]) -> Submitted:
-        obs_id, attempt = str(event["obs_id"]), int(event["attempt"])
+    def invoke(self, event: Mapping[str, Any]) -> list[Submitted]:
+        """One Event invocation; a Submitted for each exposure it carries."""
         try:
             resp = self.client.invoke(FunctionName=self.function_name, InvocationType="Event",
                                       Payload=json.dumps(event, separators=(",", ":")))
@@ -154,27 +157,27 @@ class _Sender:
             err = exc.response.get("Error", {})
             meta = exc.response.get("ResponseMetadata", {})
             tries = int(meta.get("RetryAttempts", 0)) + 1
-            return Submitted(obs_id, attempt, None,
-                             f"Lambda refused the invocation: {err.get('Code', '?')} (HTTP "
-                             f"{meta.get('HTTPStatusCode', '?')}): {err.get('Message', '')} "
-                             f"after {tries} attempt(s)")
+            return each_exposure(event, None,
+                                 f"Lambda refused the invocation: {err.get('Code', '?')} (HTTP "
+                                 f"{meta.get('HTTPStatusCode', '?')}): {err.get('Message', '')} "
+                                 f"after {tries} attempt(s)", str(err.get("Code") or "refused"))
         except botocore.exceptions.BotoCoreError as exc:
             # Connection refused or dropped past every retry, timeouts, no credentials.
-            return Submitted(obs_id, attempt, None,
-                             f"Lambda not reached: {type(exc).__name__}: {exc}")
+            return each_exposure(event, None, f"Lambda not reached: {type(exc).__name__}: {exc}",
+                                 "unreachable")
         meta = resp.get("ResponseMetadata", {})
         status = int(resp.get("StatusCode") or meta.get("HTTPStatusCode") or 0)
         if not 200 <= status < 300:
-            return Submitted(obs_id, attempt, None, f"Lambda answered HTTP {status}")
-        return Submitted(obs_id, attempt, meta.get("RequestId") or None)
+            return each_exposure(event, None, f"Lambda answered HTTP {status}", f"HTTP {status}")
+        return each_exposure(event, meta.get("RequestId") or None)
 
     def send(self, events: Sequence[Mapping[str, Any]]) -> list[Submitted]:
         if len(events) == 1:
-            return [self.invoke(events[0])]  # no hop through the pool for a single event
+            return self.invoke(events[0])  # no hop through the pool for a single event
         try:
-            return list(self._pool.map(self.invoke, events))
-        except RuntimeError as exc:  # closed by a reload while this batch was being sent
-            return _not_sent(events, f"the Lambda executor is closed: {exc}")
+            return [s for answer in self._pool.map(self.invoke, events) for s in answer]
+        except RuntimeError as exc:  # closed by a reload while these were being sent
+            return _not_sent(events, f"the Lambda executor is closed: {exc}", "closed")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -245,13 +248,14 @@ class LambdaExecutor:
         executor = cls(config.executor.function, concurrency=lam.invoke_threads,
                        processes=lam.invoke_processes, retry_mode=lam.invoke_retry_mode,
                        max_attempts=lam.invoke_max_attempts)
-        executor.limit_in_flight(config.executor.in_flight_limit)
+        executor.limit_in_flight(config.executor.in_flight_limit, batch=config.executor.batch)
         return executor
 
-    def limit_in_flight(self, wanted: int, client: Any = None) -> int | None:
+    def limit_in_flight(self, wanted: int, client: Any = None, *, batch: int = 1) -> int | None:
         """Read what Lambda can run of the function at once and cap the datasets in flight
-        there (``in_flight_cap``), warning once when ``wanted`` is more; the cap, or None
-        when Lambda would not say (the configured bound stands, with a warning)."""
+        there (``in_flight_cap``: that many runs of ``batch`` datasets each), warning once
+        when the runs ``wanted`` datasets take are more; the cap, or None when Lambda would
+        not say (the configured bound stands, with a warning)."""
         name = self.function_name
         try:
             capacity = read_capacity(client or lambda_client(threads=1), name)
@@ -260,13 +264,14 @@ class LambdaExecutor:
             log.warning("Lambda concurrency unknown; keeping the configured in-flight bound",
                         function=name, bound=wanted, error=f"{type(exc).__name__}: {exc}")
             return None
-        warning = capacity_warning(capacity, wanted, name)
+        runs = math.ceil(wanted / batch)  # a batch event is one run
+        warning = capacity_warning(capacity, runs, name)
         if warning is None:
             log.info("Lambda concurrency", function=name, runnable=capacity.runnable,
                      in_flight=wanted)
             return None
         # At least one in flight: a function Lambda runs none of is the warning's to say.
-        self.in_flight_cap = max(1, capacity.runnable)
+        self.in_flight_cap = max(1, capacity.runnable) * batch
         log.warning("in-flight bound lowered to what Lambda can run", function=name,
                     configured=wanted, bound=self.in_flight_cap, reason=warning)
         return self.in_flight_cap
@@ -279,12 +284,12 @@ class LambdaExecutor:
         return self._sender.client
 
     def submit(self, events: Sequence[Mapping[str, Any]]) -> list[Submitted]:
-        """Invoke every event (concurrently); one Submitted per event, in order.
+        """Invoke every event (concurrently); one Submitted per exposure, in order.
 
         Returns once every event is accepted or has failed past its retries.
         """
         if self._closed.is_set():
-            return _not_sent(events, "the Lambda executor is closed")
+            return _not_sent(events, "the Lambda executor is closed", "closed")
         if not events:
             return []
         if self._sender is not None:
@@ -306,12 +311,12 @@ class LambdaExecutor:
         with self._lock:
             pool = self._procs
             if pool is None:
-                return _not_sent(events, "the Lambda executor is closed")
+                return _not_sent(events, "the Lambda executor is closed", "closed")
             try:
                 futures = [pool.submit(_send_in_process, chunk) for chunk in chunks]
             except (BrokenProcessPool, RuntimeError) as exc:
                 self._procs = self._new_processes()
-                return _not_sent(events, f"Lambda sender processes unavailable: {exc}")
+                return _not_sent(events, f"Lambda sender processes unavailable: {exc}", "sender")
         results: list[Submitted] = []
         for chunk, fut in zip(chunks, futures, strict=True):
             try:
@@ -319,7 +324,8 @@ class LambdaExecutor:
             except BrokenProcessPool as exc:
                 # A sender died (killed, out of memory). Some of its events may have gone
                 # out: sending them again later is safe (at least once, same output key).
-                results.extend(_not_sent(chunk, f"a Lambda sender process died: {exc}"))
+                results.extend(_not_sent(chunk, f"a Lambda sender process died: {exc}",
+                                         "sender"))
                 with self._lock:
                     if self._procs is pool and not self._closed.is_set():
                         self._procs = self._new_processes()

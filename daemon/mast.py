@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +71,12 @@ class _TimeoutAdapter(HTTPAdapter):
                             verify=verify, cert=cert, proxies=proxies)
 
 
+# Rows per page of a MAST answer. astroquery parses each page whole to check its status,
+# and holds every page of an answer until the last arrives: small pages keep the daemon's
+# memory flat (a 50,000-row product page parsed costs ~90 MB at once), at the price of a few
+# more requests per call (docs/BENCHMARKS.md, "in flight").
+PAGE_SIZE = 1000
+
 # MAST's path lookup service (astroquery.mast.utils.get_cloud_paths): a GET with one ``uri``
 # parameter per product, answered with {uri: {"status_code": 200, "path": "/hst/public/..."}}
 # (``path`` null and 404 when MAST has none). astroquery sends 40 URIs a request, "to avoid
@@ -83,7 +89,7 @@ class MastClient:
     """Queries one MAST server for observations released in a window and their products."""
 
     def __init__(self, url: str, *, collection: str, instrument: str, timeout_s: float = 300.0,
-                 batch: int = 2000, page_size: int = 50000, retries: int = 2,
+                 batch: int = 2000, page_size: int = PAGE_SIZE, retries: int = 2,
                  intent: Sequence[str] = ()) -> None:
         """``intent``: MAST's ``intentType`` values to ask for ("science", "calibration");
         empty asks for every observation."""
@@ -219,13 +225,23 @@ class MastClient:
                             f"{_short(exc)}") from None
 
 
-def _rows(responses: Iterable[requests.Response], what: str) -> list[dict[str, Any]]:
-    """The data rows of a paged MAST answer, after checking it is complete and well formed."""
+def _rows(responses: list[requests.Response], what: str) -> Iterator[dict[str, Any]]:
+    """The data rows of a paged MAST answer, page by page, then a check that the answer was
+    complete and well formed (so a caller that keeps the rows until the end never keeps
+    those of a broken answer).
+
+    Consumes ``responses``: each page's body is let go once parsed, and its rows once the
+    caller has taken them."""
     expected: int | None = None
-    rows: list[dict[str, Any]] = []
-    for resp in responses:
+    received = 0
+    responses.reverse()
+    while responses:
+        resp = responses.pop()
         try:
-            body = resp.json()
+            # Only the keys read below and by the callers are kept, object by object as the
+            # parser makes them: a page of 50,000 product rows of ~30 columns would otherwise
+            # be ~100 MB of dicts at once.
+            body = json.loads(resp.content, object_pairs_hook=_kept)
         except ValueError as exc:
             raise MastError(f"MAST {what} answer is not valid JSON: {_short(exc)}") from None
         if not isinstance(body, dict):
@@ -242,11 +258,22 @@ def _rows(responses: Iterable[requests.Response], what: str) -> list[dict[str, A
             expected = int(paging["rowsFiltered"])
         if not all(isinstance(row, dict) for row in data):
             raise MastError(f"MAST {what} answer has a row that is not an object")
-        rows.extend(data)
-    if expected is not None and len(rows) != expected:
-        raise MastError(f"MAST {what} answer is incomplete: {len(rows)} rows received, "
+        received += len(data)
+        yield from data
+    if expected is not None and received != expected:
+        raise MastError(f"MAST {what} answer is incomplete: {received} rows received, "
                         f"{expected} announced (an empty or short page)")
-    return rows
+
+
+# The keys of MAST's answer envelope, its paging, and the row columns this module reads.
+_KEPT = frozenset({"status", "msg", "data", "fields", "paging", "rowsFiltered",
+                   "obsid", "obs_id", "t_obs_release", "filters",
+                   "productFilename", "obsID", "parent_obsid", "productSubGroupDescription",
+                   "dataURI"})
+
+
+def _kept(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {k: v for k, v in pairs if k in _KEPT}
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:

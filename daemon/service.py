@@ -34,18 +34,21 @@ from daemon.executors import Executor, LocalExecutor
 from daemon.indexing import Indexer
 from daemon.lock import InstanceLock
 from daemon.mast import MastClient
+from daemon.metrics import Metrics
 from daemon.mjd import mjd_to_iso
 from daemon.notifications import Listener, Queue
 from daemon.outputs import OutputStore
 from daemon.reconcile import reconcile
 from daemon.refresh import pace, walk
 from daemon.sdnotify import Notifier
+from lambda_sep.storage import StorageError, s3_client
 from state.store import StateStore, unwritable
 
 log = structlog.get_logger("mastmirror.service")
 
 # Keys a running daemon cannot change under itself; SIGHUP keeps the old value and says so.
-_RESTART_ONLY = (("state", "path"), ("executor", "kind"), ("log", "format"), ("index", "url"))
+_RESTART_ONLY = (("state", "path"), ("executor", "kind"), ("log", "format"), ("index", "url"),
+                 ("metrics", "listen"))
 
 
 def make_executor(config: Config, on_result: Callable[[dict[str, Any]], None] | None = None
@@ -112,6 +115,7 @@ class Service:
         self.executor: Executor | None = None
         self.mast: MastClient | None = None
         self.outputs: OutputStore | None = None
+        self.metrics: Metrics | None = None
         self.archive: ArchiveBucket | None = None
         self.listener: Listener | None = None
         self.indexer: Indexer | None = None
@@ -135,7 +139,15 @@ class Service:
                 self.executor = make_executor(self.config, self._on_result)
                 for t in self.store.reclaim_orphans(executor="local", run_id=self.run_id):
                     log.info("requeued", obs_id=t.obs_id, reason=t.reason)
+                self.metrics = Metrics(self.store, self.config)
+                if self.config.output_url.startswith("s3://"):
+                    self.metrics.s3_retries(s3_client())
+                if self.config.metrics.listen:
+                    address = self.metrics.serve(self.config.metrics.listen)
+                    log.info("metrics endpoint", url=f"http://{address}/metrics")
             except BaseException:
+                if self.metrics is not None:
+                    self.metrics.close()
                 self.lock.release()
                 raise
             log.info("service open", database=str(self.config.state_path),
@@ -158,6 +170,8 @@ class Service:
                     log.warning("could not requeue unstarted runs", reason=str(exc))
         if self.indexer is not None:
             self.indexer.close(timeout_s=5.0)
+        if self.metrics is not None:
+            self.metrics.close()
         if self.mast is not None:
             self.mast.close()
         if self.listener is not None:
@@ -187,9 +201,9 @@ class Service:
 
     def _on_result(self, summary: dict[str, Any]) -> None:
         # A local run finished: reconcile soon rather than at the next interval.
-        log.debug("local run finished", obs_id=summary.get("obs_id"),
-                  status=summary.get("status"), sources=summary.get("sources"),
-                  duration_s=summary.get("duration_s"))
+        for one in summary.get("results", [summary]):  # a batch's, one per exposure
+            log.debug("local run finished", obs_id=one.get("obs_id"), status=one.get("status"),
+                      sources=one.get("sources"), duration_s=one.get("duration_s"))
         self._wake.set()
 
     # -- the jobs ----------------------------------------------------------------------
@@ -211,6 +225,8 @@ class Service:
 
     def _job_failed(self, exc: Exception) -> None:
         reason = unwritable(exc)
+        if isinstance(exc, StorageError) and self.metrics is not None:
+            self.metrics.error("s3", "retryable" if exc.retryable else "refused")
         if reason is None:
             # A job never takes the daemon down: log it with its traceback, run again.
             log.exception("job failed")
@@ -227,11 +243,23 @@ class Service:
         """Discover newly released exposures."""
         assert self.store and self.mast
         outcome = None
-        with self._job("poll"), self._mast_lock:
-            outcome = poll(self.store, self.mast, self.config.mast, progress=progress)
-            self._last_poll = outcome
-            if outcome.new and self._scheduler is not None:
+        recorded = 0
+
+        def windows(done: int, total: int, so_far: PollOutcome) -> None:
+            # A backfill records a window every few tenths of a second for minutes: send
+            # what each brings at once instead of at the next dispatch interval.
+            nonlocal recorded
+            if so_far.new > recorded and self._scheduler is not None:
+                recorded = so_far.new
                 self._scheduler.modify_job("dispatch", next_run_time=_now_dt())
+            if progress:
+                progress(done, total, so_far)
+
+        with self._job("poll"), self._mast_lock:
+            outcome = poll(self.store, self.mast, self.config.mast, progress=windows)
+            self._last_poll = outcome
+            if self.metrics is not None:
+                self.metrics.polled(outcome)
         return outcome
 
     def resweep_job(self) -> PollOutcome | None:
@@ -244,6 +272,8 @@ class Service:
                 outcome = resweep(self.store, self.mast, self.config.mast)
                 if outcome is not None and outcome.new and self._scheduler is not None:
                     self._scheduler.modify_job("dispatch", next_run_time=_now_dt())
+                if outcome is not None and self.metrics is not None:
+                    self.metrics.polled(outcome)  # a resweep is a poll of its own kind
         return outcome
 
     def dispatch_job(self) -> int:
@@ -252,7 +282,10 @@ class Service:
         sent = 0
         with self._job("dispatch"):
             if not self.stop_event.is_set():
-                sent = dispatch(self.store, self.executor, self.config, run_id=self.run_id).sent
+                outcome = dispatch(self.store, self.executor, self.config, run_id=self.run_id)
+                sent = outcome.sent
+                if self.metrics is not None:
+                    self.metrics.dispatched_run(outcome)
         return sent
 
     def reconcile_job(self) -> None:
@@ -262,6 +295,8 @@ class Service:
             outcome = reconcile(self.store, self.outputs, self.config.executor,
                                 archive=self.config.archive,
                                 executor=self.executor, index=self.indexer)
+            if self.metrics is not None:
+                self.metrics.reconciled_run(outcome)
             if (outcome.done or outcome.failed or outcome.requeued) and self._scheduler:
                 self._scheduler.modify_job("dispatch", next_run_time=_now_dt())
 
@@ -271,6 +306,8 @@ class Service:
         with self._job("refresh"):
             batch, _ = pace(self.config.schedule.refresh_per_hour)
             outcome = walk(self.store, self.archive, self.outputs, limit=batch)
+            if self.metrics is not None:
+                self.metrics.refreshed(outcome)
             if outcome.changed and self._scheduler is not None:
                 self._scheduler.modify_job("dispatch", next_run_time=_now_dt())
 
@@ -487,6 +524,8 @@ class Service:
                 kept = getattr(new, section).model_copy(update={key: old_v})
                 new = new.model_copy(update={section: kept})
         old, self.config = self.config, new
+        if self.metrics is not None:
+            self.metrics.configure(new)
         if new.mast != old.mast and self.mast is not None:
             self.mast.close()
             self.mast = make_mast_client(new)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
+
+import click
 
 from daemon.lock import InstanceLock
 from daemon.mjd import mjd_to_iso
 from daemon.prices import cost_usd
 from state.store import Snapshot, StateStore
-
-if TYPE_CHECKING:
-    from rich.console import Console
-
-    from daemon.config import Config
 
 
 def _iso(unix: float | None) -> str | None:
@@ -117,11 +115,11 @@ def to_dict(snap: Snapshot, *, daemon_pid: int | None = None) -> dict[str, Any]:
     }
 
 
-def status_document(config: Config) -> dict[str, Any]:
-    """The status document of ``config``'s database; FileNotFoundError if there is none."""
-    with StateStore(config.state_path, readonly=True) as store:
+def status_document(database: Path) -> dict[str, Any]:
+    """The status document of a state database; FileNotFoundError if there is none."""
+    with StateStore(database, readonly=True) as store:
         snap = store.snapshot()
-    return to_dict(snap, daemon_pid=InstanceLock(config.state_path).holder())
+    return to_dict(snap, daemon_pid=InstanceLock(database).holder())
 
 
 def _age(seconds: float | None) -> str:
@@ -137,41 +135,39 @@ def _age(seconds: float | None) -> str:
     return f"{seconds // 86400}d"
 
 
-def render(doc: dict[str, Any], console: Console) -> None:
-    """Print the status document as a compact terminal report."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
+def render(doc: dict[str, Any]) -> str:
+    """The status document as a compact terminal report (ANSI styles, which click.echo
+    drops when the output is not a terminal). Plain strings, not rich: `status` must start
+    in a few tens of milliseconds, and importing rich alone costs more than that."""
     d = doc["datasets"]
     shown = ("new", "waiting", "dispatched", "done", "failed", "skipped", "total")
-    counts = Table.grid(padding=(0, 2))
-    for _ in shown:
-        counts.add_column(justify="right")
-    counts.add_row(*(Text(k, style="bold") for k in shown))
-    counts.add_row(*(f"{d.get(k, 0):,}" for k in shown))
+    values = [f"{d.get(k, 0):,}" for k in shown]
+    widths = [max(len(k), len(v)) for k, v in zip(shown, values, strict=True)]
+    lines = ["  ".join(click.style(k.rjust(w), bold=True) for k, w in zip(shown, widths,
+                                                                         strict=True)),
+             "  ".join(v.rjust(w) for v, w in zip(values, widths, strict=True)), ""]
 
-    info = Table.grid(padding=(0, 2))
-    info.add_column(style="bold")
-    info.add_column()
+    info: list[tuple[str, str]] = []
     daemon = doc["daemon"]
-    info.add_row("daemon", f"running (pid {daemon['pid']})" if daemon["running"] else
-                 "not running")
+    info.append(("daemon", f"running (pid {daemon['pid']})" if daemon["running"] else
+                 "not running"))
     poll = doc["last_poll"]
     if poll is None:
-        info.add_row("last poll", "never")
+        info.append(("last poll", "never"))
     else:
-        state = {True: "[green]ok[/]", False: "[red]FAILED[/]", None: "running"}[poll["ok"]]
+        state = {True: click.style("ok", fg="green"), False: click.style("FAILED", fg="red"),
+                 None: "running"}[poll["ok"]]
         line = f"{poll['at']}  {state}  {poll['new']:,} new ({poll['kind']}, " \
                f"{poll['windows']} window(s), {poll['observations']:,} observations)"
         if poll["excluded"]:
             line += f", {poll['excluded']:,} excluded by filter"
         if poll["error"]:
             line += f"\n{poll['error']}"
-        info.add_row("last poll", line)
+        info.append(("last poll", line))
     sweep = doc["last_resweep"]
     if sweep is not None:
-        state = {True: "[green]ok[/]", False: "[red]FAILED[/]", None: "running"}[sweep["ok"]]
+        state = {True: click.style("ok", fg="green"), False: click.style("FAILED", fg="red"),
+                 None: "running"}[sweep["ok"]]
         lo, hi = (w[:10] if w else "?" for w in sweep["window"])
         line = f"{sweep['at']}  {state}  {lo} to {hi}: {sweep['new']:,} added"
         if sweep["listed"] is not None:
@@ -179,50 +175,54 @@ def render(doc: dict[str, Any], console: Console) -> None:
                     f"{sweep['recorded']:,}"
         if sweep["error"]:
             line += f"\n{sweep['error']}"
-        info.add_row("last resweep", line)
-    info.add_row("cursor", doc["cursor"] or "-")
+        info.append(("last resweep", line))
+    info.append(("cursor", doc["cursor"] or "-"))
     fl = doc["in_flight"]
-    info.add_row("in flight", f"{fl['count']:,}  (oldest {_age(fl['oldest_age_s'])})")
+    info.append(("in flight", f"{fl['count']:,}  (oldest {_age(fl['oldest_age_s'])})"))
     tp = doc["throughput"]
-    info.add_row("throughput", f"{tp['done_last_hour']:,} done in the last hour, "
-                               f"{tp['done_last_day']:,} in the last day")
+    info.append(("throughput", f"{tp['done_last_hour']:,} done in the last hour, "
+                               f"{tp['done_last_day']:,} in the last day"))
     fresh = doc["freshness"]
     r = fresh["refresh"]
     if r["pass"] or r["checked"]:
         where = (f"pass {r['pass']}, {r['pass_fraction']:.0%} through (at {r['position']}); "
                  if r["pass"] and r["pass_fraction"] is not None else "")
-        info.add_row("refresh", f"{where}{r['checked']:,} inputs checked, {r['changed']:,} "
+        info.append(("refresh", f"{where}{r['checked']:,} inputs checked, {r['changed']:,} "
                                 f"changed, {r['withdrawn']:,} withdrawn; {r['heads']:,} HEAD "
-                                f"requests ({money(r['cost_usd'])})")
-    n = fresh["notifications"]
-    if n["received"]:
-        info.add_row("notifications", f"{n['received']:,} received: {n['changed']:,} changed, "
-                                      f"{n['recorded']:,} new, {n['dropped']:,} malformed "
-                                      f"(last {n['last_at']})")
+                                f"requests ({money(r['cost_usd'])})"))
+    note = fresh["notifications"]
+    if note["received"]:
+        info.append(("notifications", f"{note['received']:,} received: {note['changed']:,} "
+                                      f"changed, {note['recorded']:,} new, "
+                                      f"{note['dropped']:,} malformed (last {note['last_at']})"))
     if fresh["recatalogued"]:
-        info.add_row("re-catalogued", f"{fresh['recatalogued']:,} catalog(s) made again from "
-                                      "a changed input")
+        info.append(("re-catalogued", f"{fresh['recatalogued']:,} catalog(s) made again from "
+                                      "a changed input"))
     if d.get("withdrawn"):
         gone = ", ".join(w["obs_id"] for w in fresh["withdrawn_recent"][:5])
-        info.add_row("withdrawn", f"{d['withdrawn']:,} catalogued input(s) gone from the "
-                                  f"archive (catalogs kept): {gone}")
+        info.append(("withdrawn", f"{d['withdrawn']:,} catalogued input(s) gone from the "
+                                  f"archive (catalogs kept): {gone}"))
     refused = doc["refused"]
     if refused["total"]:
-        lines = [f"{refused['total']:,} product name(s) from MAST:"]
+        why = [f"{refused['total']:,} product name(s) from MAST:"]
         for reason, n in refused["by_reason"].items():
             names = ", ".join(refused["examples"].get(reason, []))
-            lines.append(f"  {n:,} {reason}" + (f" (e.g. {names})" if names else ""))
-        info.add_row("refused", "\n".join(lines))
-    info.add_row("database", doc["database"]["path"])
+            why.append(f"  {n:,} {reason}" + (f" (e.g. {names})" if names else ""))
+        info.append(("refused", "\n".join(why)))
+    info.append(("database", doc["database"]["path"]))
+    width = max(len(k) for k, _ in info)
+    for key, value in info:
+        first, *rest = value.split("\n")
+        lines.append(f"{click.style(key.ljust(width), bold=True)}  {first}")
+        lines += [" " * (width + 2) + more for more in rest]
 
-    parts: list[Any] = [counts, Text(""), info]
     if doc["recent_failures"]:
-        fails = Table(title="recent failures", title_justify="left", box=None, pad_edge=False)
-        fails.add_column("obs_id")
-        fails.add_column("at")
-        fails.add_column("attempts", justify="right")
-        fails.add_column("reason", overflow="fold")
-        for f in doc["recent_failures"]:
-            fails.add_row(f["obs_id"], f["at"] or "-", str(f["attempts"]), f["reason"] or "")
-        parts += [Text(""), fails]
-    console.print(Group(*parts))
+        lines += ["", click.style("recent failures", bold=True)]
+        rows = [(f["obs_id"], f["at"] or "-", str(f["attempts"]), f["reason"] or "")
+                for f in doc["recent_failures"]]
+        head = ("obs_id", "at", "attempts", "reason")
+        cols = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
+        for r in [head, *rows]:
+            lines.append(f"{r[0].ljust(cols[0])}  {r[1].ljust(cols[1])}  "
+                         f"{r[2].rjust(cols[2])}  {r[3]}")
+    return "\n".join(lines)

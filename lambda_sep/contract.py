@@ -3,7 +3,8 @@
 Both sides import this module: the daemon (discovery, dispatch, the output store, config,
 deployment) and the function (event validation, handler, catalog). It holds the archive's
 key rule, the output keys, the function's environment, the bucket-name rule, the S3
-metadata and catalog header keywords the daemon reads back, and the event's shape.
+metadata and catalog header keywords the daemon reads back, and the event's shape, for one
+exposure and for a batch of them.
 Standard library only, so it costs the daemon nothing to import and goes into the bundle
 with the rest of ``lambda_sep``.
 """
@@ -11,11 +12,14 @@ with the rest of ``lambda_sep``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
     "ARCHIVE_PREFIX",
+    "BATCH",
+    "BATCH_ITEM_FIELDS",
+    "BATCH_SHARED_FIELDS",
     "BUCKET_NAME",
     "BUCKET_RE",
     "CATALOG_SUFFIX",
@@ -31,6 +35,7 @@ __all__ = [
     "HDR_PEAK_RSS",
     "HDR_PROCTIME",
     "HDR_SOURCES",
+    "MAX_BATCH",
     "META_ATTEMPT",
     "META_BYTES_READ",
     "META_DURATION_MS",
@@ -44,13 +49,16 @@ __all__ = [
     "OBS_ID_RE",
     "RESULTS_INFIX",
     "SKIPPED_SUFFIX",
+    "BatchError",
     "archive_anonymous",
     "archive_key",
     "catalog_key",
     "error_key",
+    "exposures",
     "function_env",
     "input_stem",
     "key_dataset",
+    "make_batch",
     "make_event",
     "product_key",
     "product_name",
@@ -250,3 +258,56 @@ def make_event(*, obs_id: str, bucket: str, key: str, output: str, sep: Mapping[
     the same dict for the local pool and for Lambda."""
     return {"obs_id": obs_id, "input": {"bucket": bucket, "key": key}, "output": output,
             "sep": dict(sep), "attempt": attempt}
+
+
+# -- several exposures in one event ([executor] batch above 1) --------------------------------
+# A batch event carries what its exposures share once, and each exposure's own fields in a
+# list, in the order the function works through them:
+#
+#     {"batch": [{"obs_id": "icxe15wwq", "attempt": 1,
+#                 "input": {"bucket": "stpubdata",
+#                           "key": "hst/public/icxe/icxe15wwq/icxe15wwq_flt.fits"}},
+#                {"obs_id": "icxe15wxq", "attempt": 3, "input": {...}}],
+#      "output": "s3://bucket/prefix",
+#      "sep": {...}}
+#
+# Each item expands to exactly the single-exposure event with the shared output and sep: it
+# is validated alone and gets its own catalog or marker, so one bad item costs only itself.
+
+BATCH = "batch"
+# Lambda takes asynchronous events of up to 256 KB; an item is ~150 bytes, and a hundred
+# exposures run ~30 s at 1 vCPU, far inside Lambda's 900 s.
+MAX_BATCH = 100
+BATCH_ITEM_FIELDS = ("obs_id", "input", "attempt")
+BATCH_SHARED_FIELDS = ("output", "sep")
+
+
+class BatchError(ValueError):
+    """The event's ``batch`` is not a list of 1 to MAX_BATCH exposures."""
+
+
+def make_batch(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One event for single-exposure ``events`` that share their output and parameters."""
+    if not 1 <= len(events) <= MAX_BATCH:
+        raise ValueError(f"a batch holds 1 to {MAX_BATCH} exposures, not {len(events)}")
+    first = events[0]
+    for e in events[1:]:
+        if any(e[k] != first[k] for k in BATCH_SHARED_FIELDS):
+            raise ValueError("the events of a batch must share output and sep")
+    return {BATCH: [{k: e[k] for k in BATCH_ITEM_FIELDS} for e in events],
+            **{k: first[k] for k in BATCH_SHARED_FIELDS}}
+
+
+def exposures(event: Any) -> list[Any]:
+    """The single-exposure events ``event`` carries: each item of its batch with the shared
+    fields, or the event itself when it is not a batch. Items are passed on as they are
+    (validating them is the function's work); a ``batch`` that is not a list of 1 to
+    MAX_BATCH entries raises :class:`BatchError`."""
+    if not isinstance(event, dict) or BATCH not in event:
+        return [event]
+    items = event[BATCH]
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+        size = len(items) if isinstance(items, list) else type(items).__name__
+        raise BatchError(f"batch must be a list of 1 to {MAX_BATCH} exposures, not {size}")
+    shared = {k: event.get(k) for k in BATCH_SHARED_FIELDS}
+    return [{**item, **shared} if isinstance(item, dict) else item for item in items]

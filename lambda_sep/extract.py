@@ -12,10 +12,12 @@
    ``bw``x``bh`` meshes filtered ``fw``x``fh`` (SExtractor's BACK_SIZE / BACK_FILTERSIZE),
    subtracted in place; masked pixels are then exactly 0 with noise ``MASKED_NOISE``, so they
    carry no weight anywhere (SEP's own mask is not applied to the first lines it buffers);
-4. **detection** (``_detect``): a Gaussian kernel (``filter_fwhm`` over ``filter_size``^2
-   pixels), thresholding at ``thresh`` times the noise (of the *filtered* image with
-   ``filter_type = "matched"``, SEP's matched filter; of the pixel with ``"conv"``,
-   SExtractor's convolution); a detection whose isophote is mostly masked pixels is dropped;
+4. **detection** (``_detect``), with a pixel stack sized to need (SEP's default first, the
+   ``pixstack`` limit only for a field that fills it): a Gaussian kernel (``filter_fwhm``
+   over ``filter_size``^2 pixels), thresholding at ``thresh`` times the noise (of the
+   *filtered* image with ``filter_type = "matched"``, SEP's matched filter; of the pixel
+   with ``"conv"``, SExtractor's convolution); a detection whose isophote is mostly masked
+   pixels is dropped;
 5. **Kron** (``_kron``) and **AUTO photometry** (``_auto``): Kron radius within 6 isophotal
    radii (SExtractor's KRON_NSIG), aperture scale ``max(kron_factor * kron_radius,
    kron_min_radius)`` (PHOT_AUTOPARAMS), whole pixels whose centres fall inside, a circle of
@@ -74,6 +76,9 @@ FLAG_KRON_MASKED = 1024  # masked pixels within the Kron-radius search ellipse (
 FLAG_WIN_FAILED = 1  # in ``flags_win``: the windowed step failed, x/y are the barycentre
 
 KRON_NSIG = 6.0  # SExtractor's fixed search ellipse for the Kron radius, in isophotal radii
+# The pixel stack of a first extraction: SEP's default, enough for every WFC3/IR frame but
+# the densest (docs/BENCHMARKS.md); those go again with ``SepParams.pixstack``.
+FIRST_PIXSTACK = 300_000
 WINPOS_NSIG = 4.0  # SEP's and SExtractor's windowed-position radius, in sigmas
 # The noise of a masked pixel: zero weight in the matched filter, never above a threshold,
 # and its variance still a finite float32.
@@ -343,21 +348,34 @@ class _Sources:
     dropped: int  # detections dropped for being mostly masked pixels
 
 
+def _pixel_stacks(params: SepParams) -> tuple[int, ...]:
+    """The pixel stacks to try, smallest first: SEP allocates and walks the whole stack on
+    every extract (3,000,000 pixels cost more than detecting an ordinary frame's sources),
+    while an ordinary frame needs a tenth of it; a dense field that fills the first is
+    extracted again with ``params.pixstack``, the most allowed."""
+    first = min(FIRST_PIXSTACK, params.pixstack)
+    return (first,) if first == params.pixstack else (first, params.pixstack)
+
+
 def _detect(frame: Frame, params: SepParams) -> _Sources:
-    # Dense fields need a bigger pixel stack and sub-object limit than SEP's defaults.
-    sep.set_extract_pixstack(params.pixstack)
+    # Dense fields need a bigger sub-object limit than SEP's default too.
     sep.set_sub_object_limit(params.sub_object_limit)
-    try:
-        objs, segmap = sep.extract(
-            frame.sci, params.thresh, err=frame.noise, mask=frame.mask,
-            minarea=params.minarea,
-            filter_kernel=gaussian_kernel(params.filter_fwhm, params.filter_size),
-            filter_type=params.filter_type, deblend_nthresh=params.deblend_nthresh,
-            deblend_cont=params.deblend_cont, clean=params.clean,
-            clean_param=params.clean_param, segmentation_map=True,
-        )
-    except Exception as exc:  # SEP raises bare Exception for its internal limits
-        raise ImageError(f"SEP extraction failed: {exc}") from exc
+    stacks = _pixel_stacks(params)
+    for pixstack in stacks:
+        sep.set_extract_pixstack(pixstack)
+        try:
+            objs, segmap = sep.extract(
+                frame.sci, params.thresh, err=frame.noise, mask=frame.mask,
+                minarea=params.minarea,
+                filter_kernel=gaussian_kernel(params.filter_fwhm, params.filter_size),
+                filter_type=params.filter_type, deblend_nthresh=params.deblend_nthresh,
+                deblend_cont=params.deblend_cont, clean=params.clean,
+                clean_param=params.clean_param, segmentation_map=True,
+            )
+            break
+        except Exception as exc:  # SEP raises bare Exception for its internal limits
+            if pixstack == stacks[-1] or "pixel buffer full" not in str(exc):
+                raise ImageError(f"SEP extraction failed: {exc}") from exc
     n = len(objs)
     ids = np.arange(1, n + 1, dtype=np.int32)
     if not n:

@@ -288,19 +288,25 @@ def _decode(reader: _Reader, hdu: _Hdu, *, as_float: bool) -> np.ndarray:
 
 
 def read_image(store: ObjectStore, key: str, size: int, *, first_read: int = FIRST_READ,
+               head: bytes | None = None,
                inspect: Callable[[fits.Header, fits.Header], str | None] | None = None
                ) -> Image:
     """Read headers and SCI/ERR/DQ (or SCI/WHT) data of ``key`` without reading the rest.
 
-    ``size`` is the object size from ``store.head``. ``inspect(primary, sci_header)`` is
-    called as soon as the SCI header is parsed, before any pixel data is read: a reason it
-    returns stops the reading with :class:`ReadStopped`. Raises :class:`ImageError` for
-    files that are not FITS, truncated, corrupt, lack a SCI extension, or whose SCI is not a
-    2-D image matching its ERR/DQ/WHT.
+    ``size`` is the object size (``store.head`` or ``store.read_head``); ``head``, when
+    given, is the object's first bytes as ``store.read_head`` returned them: they stand for
+    the first read. ``inspect(primary, sci_header)`` is called as soon as the SCI header is
+    parsed, before any pixel data is read: a reason it returns stops the reading with
+    :class:`ReadStopped`. Raises :class:`ImageError` for files that are not FITS, truncated,
+    corrupt, lack a SCI extension, or whose SCI is not a 2-D image matching its ERR/DQ/WHT.
     """
     if size < BLOCK:
         raise ImageError(f"not a FITS file: {size} bytes is less than one 2880-byte block")
     reader = _Reader(store, key, size)
+    if head:
+        reader.segments.append((0, bytearray(head)))
+        reader.ranges.append((0, len(head)))
+        reader.bytes_read += len(head)
     reader.fetch(0, min(first_read, size))
     if not bytes(reader.fetch(0, 9)) == b"SIMPLE  =":
         raise ImageError("not a FITS file: it does not begin with SIMPLE =")

@@ -109,7 +109,8 @@ class SepParams:
     mask_neighbours: bool = _spec(True, "treat other detections' pixels in an aperture as "
                                   "masked (filled with the aperture's mean, as bad pixels are)",
                                   lambda v: isinstance(v, bool), "true or false")
-    pixstack: int = _spec(3_000_000, "SEP pixel stack (pixels above threshold in flight)",
+    pixstack: int = _spec(3_000_000, "largest SEP pixel stack (pixels above threshold in "
+                          "flight): 300,000 first, this for a field that fills it",
                           _int_in(10_000, 100_000_000), "an integer in [10000, 100000000]")
     sub_object_limit: int = _spec(4096, "SEP deblending sub-object limit",
                                   _int_in(64, 1_000_000), "an integer in [64, 1000000]")

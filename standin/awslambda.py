@@ -66,6 +66,8 @@ from lambda_sep.contract import (
     DEFAULT_ALLOWED_BUCKETS,
     ENV_ALLOWED_BUCKETS,
     ENV_ALLOWED_OUTPUTS,
+    BatchError,
+    exposures,
     function_env,
 )
 from standin.loopback import LoopbackHTTPServer
@@ -92,6 +94,15 @@ class _Fault:
 
 
 HANDLER = "lambda_sep.handler:handler"
+
+
+def _obs_ids(event: Any) -> list[str]:
+    """The obs_ids an event names (each exposure of a batch), for the counters."""
+    try:
+        items = exposures(event)
+    except BatchError:
+        return []
+    return [e["obs_id"] for e in items if isinstance(e, dict) and isinstance(e.get("obs_id"), str)]
 
 
 def _load(handler: str) -> Any:
@@ -357,10 +368,10 @@ class LambdaStandIn:
         with self._lock:
             self._faults.clear()
 
-    def _take_fault(self, obs_id: str | None) -> str | None:
+    def _take_fault(self, obs_ids: list[str]) -> str | None:
         with self._lock:
             for f in self._faults:
-                if f.obs_id is not None and f.obs_id != obs_id:
+                if f.obs_id is not None and f.obs_id not in obs_ids:
                     continue
                 if f.remaining is not None:
                     f.remaining -= 1
@@ -445,8 +456,8 @@ class LambdaStandIn:
             req._error(400, "InvalidRequestContentException",
                        "Could not parse request body into json: Unexpected character")
             return
-        obs_id = event.get("obs_id") if isinstance(event, dict) else None
-        fault = self._take_fault(obs_id)
+        obs_ids = _obs_ids(event)
+        fault = self._take_fault(obs_ids)
         if fault is not None and self._inject(req, fault):
             return
         if kind == "DryRun":
@@ -456,11 +467,10 @@ class LambdaStandIn:
         lost = fault == "lose"
         with self._lock:
             self._counts["accepted"] += 1
-            if obs_id is not None:
-                self._accepted[obs_id] += 1
+            self._accepted.update(obs_ids)
             if lost:
                 self._counts["lost"] += 1
-        fut = None if lost else self._start(event, request_id, obs_id)
+        fut = None if lost else self._start(event, request_id, obs_ids)
         if fault == "drop-accepted":
             req._drop()
             return
@@ -490,7 +500,7 @@ class LambdaStandIn:
         return True
 
     def _start(self, event: dict[str, Any], request_id: str,
-               obs_id: str | None) -> cf.Future[dict[str, Any]] | None:
+               obs_ids: list[str]) -> cf.Future[dict[str, Any]] | None:
         if self._pool is None:
             return None  # --no-run: accepted and counted, nothing runs
         fut = self._pool.submit(_run, self.handler, event, request_id)
@@ -507,9 +517,12 @@ class LambdaStandIn:
                     self._counts["errors"] += 1
                 else:
                     self._counts["run"] += 1
-                    if obs_id is not None:
+                    result = f.result()
+                    # A batch answers with one summary per exposure, in its order.
+                    per = result.get("results", [result]) if isinstance(result, dict) else []
+                    for obs_id, summary in zip(obs_ids, per, strict=False):
                         self._runs[obs_id] += 1
-                        self._results.setdefault(obs_id, []).append(f.result())
+                        self._results.setdefault(obs_id, []).append(summary)
                 self._idle.notify_all()
 
         fut.add_done_callback(done)
@@ -558,13 +571,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allowed-buckets", default=os.environ.get(
         ENV_ALLOWED_BUCKETS, DEFAULT_ALLOWED_BUCKETS))
     parser.add_argument("--allowed-outputs", default=os.environ.get(ENV_ALLOWED_OUTPUTS, ""))
+    parser.add_argument("--account-limit", type=int, default=1000,
+                        help="the account's concurrent executions GetAccountSettings reports")
     args = parser.parse_args(argv)
     env = function_env(args.allowed_buckets, args.allowed_outputs)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with running(args.function, workers=args.workers, env=env, run=not args.no_run,
-                 port=args.port) as standin:
+                 port=args.port, account_limit=args.account_limit) as standin:
         print(standin.url, flush=True)
         stop.wait()
     totals = {k: v for k, v in standin.stats().items() if not k.endswith("_by_obs")}

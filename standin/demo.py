@@ -202,10 +202,10 @@ format = "json"
 
 
 def _status(config_path: Path) -> dict[str, Any]:
-    from daemon.config import load_config
+    from daemon.configfile import state_path
     from daemon.status import status_document
 
-    return status_document(load_config(config_path))
+    return status_document(state_path(config_path))
 
 
 def _wait_for(config_path: Path, done: int, timeout_s: float, daemon: subprocess.Popen[bytes],
@@ -275,11 +275,13 @@ def run_demo(workdir: Path, *, exposures: int = 24, release: int = 8,
             if code != 0:
                 raise DemoError(f"the daemon exited with code {code} on SIGTERM")
         doc = _status(config_path)
+        from rich.text import Text
+
         from daemon.config import load_config
         from daemon.status import render
 
         con.rule("mastmirror status")
-        render(doc, con)
+        con.print(Text.from_ansi(render(doc)))
         first_done = next((e.dataset for e in first), None)
         png = None
         if first_done:

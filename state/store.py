@@ -483,6 +483,27 @@ class StateStore:
 
     # -- reconcile ---------------------------------------------------------------------
 
+    def in_flight_pages(self, page: int = 1000) -> Iterator[list[DatasetRow]]:
+        """Dispatched datasets, oldest dispatch first, ``page`` at a time.
+
+        Keyset pagination on (dispatched_at, rowid), the key the partial index of
+        dispatched datasets already holds: each page is one index range read, whatever the
+        number in flight, and rows that change state between pages are neither skipped nor
+        read twice (a dataset dispatched again meanwhile comes back at the end).
+        """
+        after: tuple[float, int] = (float("-inf"), 0)
+        while True:
+            rows = self._conn().execute(
+                f"SELECT rowid, {_ROW_COLUMNS} FROM datasets WHERE state = 'dispatched' "
+                "AND (dispatched_at, rowid) > (?, ?) ORDER BY dispatched_at, rowid LIMIT ?",
+                (*after, page)).fetchall()
+            if not rows:
+                return
+            after = (rows[-1][6], rows[-1][0])  # dispatched_at, rowid of the last
+            yield [DatasetRow(*r[1:]) for r in rows]
+            if len(rows) < page:
+                return
+
     def in_flight(self, *, limit: int | None = None) -> list[DatasetRow]:
         """Dispatched datasets, oldest dispatch first."""
         sql = (f"SELECT {_ROW_COLUMNS} FROM datasets WHERE state = 'dispatched' "
@@ -621,23 +642,29 @@ class StateStore:
                     out.append(Transition(row[0], row[1], row[2], reason))
         return out
 
-    def expire(self, *, timeout_s: float, max_attempts: int,
-               now: float | None = None) -> list[Transition]:
-        """Dispatched longer ago than the timeout: dispatch again if attempts remain, else fail."""
+    def expire(self, *, timeout_s: float, max_attempts: int, now: float | None = None,
+               limit: int = -1) -> list[Transition]:
+        """Dispatched longer ago than the timeout: dispatch again if attempts remain, else fail.
+
+        ``limit`` (>= 0) settles at most that many of each kind, oldest first; call again
+        until it returns nothing, so a mass timeout never builds one huge list."""
         now = time.time() if now is None else now
         cutoff = now - timeout_s
+        oldest = ("obs_id IN (SELECT obs_id FROM datasets WHERE state = 'dispatched' "
+                  "AND dispatched_at < :cutoff ORDER BY dispatched_at LIMIT :limit)")
+        values = {"now": now, "timeout": _fmt_seconds(timeout_s), "cutoff": cutoff,
+                  "max": max_attempts, "limit": limit}
         with self.transaction() as conn:
             failed = conn.execute(
-                "UPDATE datasets SET state = 'failed', failed_at = ?, updated_at = ?, "
-                "error = 'timed out: no result within ' || ? || ' s after ' || attempts || "
-                "' attempt(s)' WHERE state = 'dispatched' AND dispatched_at < ? "
-                "AND attempts >= ? RETURNING obs_id, attempts, error",
-                (now, now, _fmt_seconds(timeout_s), cutoff, max_attempts)).fetchall()
+                "UPDATE datasets SET state = 'failed', failed_at = :now, updated_at = :now, "
+                "error = 'timed out: no result within ' || :timeout || ' s after ' || attempts "
+                f"|| ' attempt(s)' WHERE attempts >= :max AND {oldest} "
+                "RETURNING obs_id, attempts, error", values).fetchall()
             again = conn.execute(
-                "UPDATE datasets SET state = 'new', updated_at = ?, "
-                "error = 'timed out: no result within ' || ? || ' s (attempt ' || attempts || ')'"
-                " WHERE state = 'dispatched' AND dispatched_at < ? RETURNING obs_id, attempts, "
-                "error", (now, _fmt_seconds(timeout_s), cutoff)).fetchall()
+                "UPDATE datasets SET state = 'new', updated_at = :now, "
+                "error = 'timed out: no result within ' || :timeout || ' s (attempt ' || "
+                f"attempts || ')' WHERE {oldest} RETURNING obs_id, attempts, error",
+                values).fetchall()
         return ([Transition(o, "failed", a, e) for o, a, e in failed]
                 + [Transition(o, "new", a, e) for o, a, e in again])
 

@@ -13,12 +13,19 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from lambda_sep.contract import exposures
+
 
 def run(event: Mapping[str, Any], request_id: str) -> dict[str, Any]:
-    """Behave as the obs_id asks; return what the handler returns on success."""
-    obs_id = event["obs_id"]
-    if obs_id.endswith("hang"):
-        time.sleep(3600)
-    if obs_id.endswith("die"):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return {"obs_id": obs_id, "status": "ok", "request_id": request_id, "pid": os.getpid()}
+    """Behave as the obs_id asks (each exposure's, for a batch); return what the handler
+    returns on success."""
+    results = []
+    for item in exposures(dict(event)):
+        obs_id = item["obs_id"]
+        if obs_id.endswith("hang"):
+            time.sleep(3600)
+        if obs_id.endswith("die"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        results.append({"obs_id": obs_id, "status": "ok", "request_id": request_id,
+                        "pid": os.getpid()})
+    return {"batch": len(results), "results": results} if "batch" in event else results[0]

@@ -1,4 +1,4 @@
-"""A fault-injecting HTTP proxy in front of the moto S3 server (127.0.0.1 only).
+"""A fault-injecting, latency-shaping HTTP proxy in front of the moto S3 server (127.0.0.1).
 
 boto3 talks to it as if it were S3; it forwards every request to moto unless a fault is
 due, in which case it answers ``503 SlowDown`` (S3's throttling answer), closes the
@@ -6,6 +6,11 @@ connection without answering, or forwards and then cuts the response body half-w
 are chosen per request from a hash of the seed, the request (method, path, range) and how
 many times it was made before, so the same run meets the same faults however the threads of
 the daemon and the handler interleave.
+
+``latency_s`` and ``bytes_per_s`` make loopback behave like S3 seen from a function in its
+region: every answer waits ``latency_s`` before its first byte, and request and response
+bodies move at ``bytes_per_s`` per connection (docs/BENCHMARKS.md says which figures and
+where they come from).
 
 ``refuse_signed`` names a bucket that, like the public archive read with a role that has no
 rights on it, refuses every signed request (an ``Authorization`` header or a presigned
@@ -18,6 +23,7 @@ import hashlib
 import http.client
 import socket
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
@@ -35,6 +41,8 @@ class S3FaultProxy:
 
     ``rate`` is the chance that a request meets a fault; ``kinds`` the faults drawn from
     ("slowdown", "drop", "cut"); ``methods`` limits faults to those HTTP methods.
+    ``latency_s``: added before every answer's first byte; ``bytes_per_s``: the pace of
+    request and response bodies on each connection (0 = as fast as loopback goes).
 
     Rights instead of faults: ``forbid_missing`` answers a HEAD or GET of a missing key
     403 instead of 404, and ``forbid_list`` refuses every listing with 403 AccessDenied:
@@ -44,11 +52,14 @@ class S3FaultProxy:
     def __init__(self, upstream: str, *, rate: float = 0.0, seed: int = 1,
                  kinds: tuple[str, ...] = ("slowdown", "drop", "cut"),
                  methods: tuple[str, ...] = ("GET", "PUT", "HEAD", "DELETE"),
+                 latency_s: float = 0.0, bytes_per_s: float = 0.0,
                  refuse_signed: str | None = None, forbid_missing: bool = False,
                  forbid_list: bool = False) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.rate = rate
+        self.latency_s = latency_s
+        self.bytes_per_s = bytes_per_s
         self.kinds = kinds
         self.methods = methods
         self.refuse_signed = refuse_signed
@@ -126,6 +137,17 @@ def _handler(proxy: S3FaultProxy) -> type[BaseHTTPRequestHandler]:
                     self.rfile.readline()
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
+        def _paced_write(self, data: bytes) -> None:
+            if not proxy.bytes_per_s:
+                self.wfile.write(data)
+                return
+            start, chunk = time.monotonic(), 64 * 1024
+            for i in range(0, len(data), chunk):
+                self.wfile.write(data[i:i + chunk])
+                due = start + (i + chunk) / proxy.bytes_per_s - time.monotonic()
+                if due > 0:
+                    time.sleep(due)
+
         def _error(self, status: int, reason: str, body: bytes) -> None:
             """S3's answer to a refused request: an XML error document (none to a HEAD)."""
             self.send_response(status, reason)
@@ -137,6 +159,8 @@ def _handler(proxy: S3FaultProxy) -> type[BaseHTTPRequestHandler]:
 
         def _serve(self) -> None:
             body = self._body()
+            if body and proxy.bytes_per_s:
+                time.sleep(len(body) / proxy.bytes_per_s)  # the upload at the same pace
             if proxy.refuses(self.path, self.headers.get("Authorization")):
                 self._error(403, "Forbidden", ACCESS_DENIED)
                 return
@@ -173,6 +197,8 @@ def _handler(proxy: S3FaultProxy) -> type[BaseHTTPRequestHandler]:
             # A HEAD answer has no body but says how long the object is.
             length = resp.getheader("Content-Length") if self.command == "HEAD" else len(data)
             self.send_header("Content-Length", str(length or 0))
+            if proxy.latency_s:
+                time.sleep(proxy.latency_s)  # time to first byte
             self.end_headers()
             if self.command == "HEAD":
                 return
@@ -183,7 +209,7 @@ def _handler(proxy: S3FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self.connection.shutdown(socket.SHUT_RDWR)
                 self.close_connection = True
                 return
-            self.wfile.write(data)
+            self._paced_write(data)
 
         do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = _serve  # noqa: N815 (http.server names)
 

@@ -106,9 +106,22 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 
 def test_cli_exits_non_zero_with_the_message(tmp_path: Path) -> None:
     path = _write(tmp_path, "[executor]\nconcurrency = -1\n")
-    result = CliRunner().invoke(main, ["--config", str(path), "status"])
+    result = CliRunner().invoke(main, ["--config", str(path), "retry"])
     assert result.exit_code == 2
     assert f"mastmirror: error: {path}: [executor] concurrency = -1" in result.output
+
+
+def test_status_reads_only_the_state_path(tmp_path: Path) -> None:
+    """status starts fast: it checks [state] path alone (the daemon checks the rest)."""
+    path = _write(tmp_path, "[executor]\nconcurrency = -1\n[state]\npath = 'db/x.db'\n")
+    result = CliRunner().invoke(main, ["--config", str(path), "status"])
+    assert result.exit_code == 1  # the file is usable for status: there is no database yet
+    assert f"{tmp_path / 'db' / 'x.db'}: no state database here" in result.output
+    path = _write(tmp_path, "[state]\npath = 3\n")
+    result = CliRunner().invoke(main, ["--config", str(path), "status"])
+    assert result.exit_code == 2
+    assert f"mastmirror: error: {path}: [state] path = 3: expected a non-empty string" in \
+        result.output
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 
 from daemon.config import config_from_dict
-from daemon.dispatch import dispatch, event_for
+from daemon.dispatch import dispatch, event_for, unsent
 from daemon.executors import Submitted
-from state.store import Discovered, StateStore
+from lambda_sep.contract import exposures
+from state.store import DatasetRow, Discovered, StateStore
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ class Recorder:
         return [Submitted(e["obs_id"], e["attempt"], None if e["obs_id"] in self.refuse
                           else f"req-{e['obs_id']}",
                           "throttled" if e["obs_id"] in self.refuse else None)
-                for e in events]
+                for event in events for e in exposures(event)]
 
 
 def test_dispatch_stops_at_the_in_flight_bound(store: StateStore) -> None:
@@ -90,3 +91,23 @@ def test_dispatch_gives_back_what_an_executor_failed_to_take(store: StateStore) 
         dispatch(store, Broken(), config, run_id="r")  # type: ignore[arg-type]
     assert store.counts()["new"] == 30 and store.count_in_flight() == 0
     assert store.get("iabc00000")["error"] == "not sent: ConnectionError: no route to Lambda"
+
+
+def test_batches_carry_neighbours_and_come_back_whole(store: StateStore) -> None:
+    config = config_from_dict({"executor": {"kind": "lambda", "concurrency": 3, "batch": 4,
+                                            "max_in_flight": 0}})
+    assert config.executor.in_flight_limit == 12  # concurrency x batch
+    rec = Recorder()
+    out = dispatch(store, rec, config, run_id="r", batch=10)  # type: ignore[arg-type]
+    assert out.sent == 12 and store.count_in_flight() == 12
+    # Claims of 10, then 2: events of 4, 4, 2 and 2 exposures, in obs_id order.
+    assert [len(e["batch"]) for e in rec.events] == [4, 4, 2, 2]
+    flat = [x for e in rec.events for x in exposures(e)]
+    assert [x["obs_id"] for x in flat] == [f"iabc{i:05d}" for i in range(12)]
+    assert flat[0] == event_for(DatasetRow("iabc00000", flat[0]["input"]["key"], "dispatched",
+                                           1, 1, None), config)
+    assert store.get("iabc00005")["request_id"] == "req-iabc00005"
+    # At shutdown, a batch an executor never started goes back whole, uncounted.
+    assert unsent(store, rec.events[:1], "stopped") == 4
+    assert [store.get(f"iabc{i:05d}")["state"] for i in (0, 3, 4)] == ["new", "new",
+                                                                        "dispatched"]

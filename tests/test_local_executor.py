@@ -16,6 +16,7 @@ from typing import Any
 import local_runs
 
 from daemon.executors import LocalExecutor, Lost
+from lambda_sep.contract import make_batch
 
 
 def _event(obs_id: str, attempt: int = 1) -> dict[str, Any]:
@@ -106,6 +107,25 @@ def test_a_dead_worker_costs_only_its_own_run() -> None:
         assert _wait_lost(executor, 1) == [
             Lost("ib99die", 3, "local worker died: killed by SIGKILL")]
         assert executor.drain_lost() == []  # reported once
+    finally:
+        executor.close(timeout_s=10)
+
+
+def test_a_dead_worker_loses_every_exposure_of_its_batch() -> None:
+    results = Results()
+    executor = LocalExecutor(1, env={}, timeout_s=60.0, on_result=results,
+                             target=local_runs.run)
+    try:
+        batch = make_batch([{**_event(o, attempt=a), "input": {}, "output": "o", "sep": {}}
+                            for o, a in (("ib01ok", 1), ("ib02die", 4))])
+        got = executor.submit([batch, _event("ib03ok")])
+        assert [(s.obs_id, s.dispatch) for s in got] == [("ib01ok", 1), ("ib02die", 4),
+                                                         ("ib03ok", 1)]
+        assert got[0].request_id == got[1].request_id != got[2].request_id
+        assert _wait_lost(executor, 2) == [
+            Lost("ib01ok", 1, "local worker died: killed by SIGKILL"),
+            Lost("ib02die", 4, "local worker died: killed by SIGKILL")]
+        assert results.wait_for(1) == ["ib03ok"]  # the next event ran on a fresh worker
     finally:
         executor.close(timeout_s=10)
 

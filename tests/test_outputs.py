@@ -152,3 +152,27 @@ def test_a_previous_generation_catalog_gives_way_to_this_generations_markers(
     # For a first generation the same old catalog is the result.
     first = OutputStore(url, shared_listing=shared).find_many([(old, _key(old))])
     assert first[old].kind == "catalog"
+
+
+def test_reconcile_settles_page_by_page(tmp_path: Path) -> None:
+    """A pass reads the datasets in flight a page at a time and settles every page."""
+    from daemon.config import ExecutorSection
+    from daemon.reconcile import reconcile
+    from state.store import Discovered, StateStore
+
+    datasets = DATASETS[:9]
+    store = StateStore(tmp_path / "state.db")
+    poll = store.begin_poll("poll", 60000.0)
+    store.record_window(poll, 60001.0, [Discovered(d, _key(d), 60000.0, d) for d in datasets],
+                        observations=9, products=9)
+    store.claim_new(9, executor="lambda", run_id="r", now=0.0)
+    url = f"file://{tmp_path}/out"
+    expected = _fill(url, datasets)
+    out = reconcile(store, OutputStore(url), ExecutorSection(max_attempts=1), now=1.0, page=2)
+    kinds = list(expected.values())
+    assert out.done == kinds.count("catalog")
+    assert out.failed == kinds.count("error") and out.in_flight == kinds.count(None)
+    assert {d: store.get(d)["state"] for d in datasets} == {
+        d: {"catalog": "done", "error": "failed", None: "dispatched"}[k]
+        for d, k in expected.items()}
+    store.close()

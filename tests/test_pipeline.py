@@ -231,8 +231,9 @@ def test_nothing_is_left_running(pipeline: Pipeline) -> None:
 
 
 def test_the_lambda_executor_end_to_end(pipeline: Pipeline, monkeypatch: Any) -> None:
-    """kind = "lambda": Event invocations to a Lambda stand-in that runs the real handler
-    (throttled, failing with 5xx, and losing one event along the way), results in S3."""
+    """kind = "lambda": Event invocations of two exposures each to a Lambda stand-in that
+    runs the real handler (throttled, failing with 5xx, and losing one event along the way),
+    results in S3."""
     from daemon.config import handler_env
     from standin.awslambda import LambdaStandIn
 
@@ -241,10 +242,9 @@ def test_the_lambda_executor_end_to_end(pipeline: Pipeline, monkeypatch: Any) ->
     p.s3().create_bucket(Bucket=out_bucket)
     p.write_config(output={"url": f"s3://{out_bucket}/mirror"},
                    # Long enough for a run on a loaded machine (a run past it is sent
-                   # again, rightly, and the count below would be off), short enough to
-                   # see the lost event go again.
+                   # again, rightly), short enough to see the lost event go again.
                    executor={"kind": "lambda", "concurrency": 4, "timeout_seconds": 12.0,
-                             "max_attempts": 3},
+                             "max_attempts": 3, "batch": 2},
                    schedule={"reconcile_seconds": 0.5},
                    **{"lambda": {"invoke_processes": 1, "invoke_threads": 4}})
     config = load_config(p.config_path)
@@ -256,11 +256,17 @@ def test_the_lambda_executor_end_to_end(pipeline: Pipeline, monkeypatch: Any) ->
         fn.arm("lose", times=1, obs_id=lost)  # accepted (202), never run
         monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", fn.url)
         summary = p.run_once()
+        seen = fn.stats()
     assert summary.done == len(exposures) and summary.failed == 0
+    # Events carried two exposures each (a lone one only if just one of a pair went again).
+    assert sum(seen["accepted_by_obs"].values()) > seen["accepted"]
     with StateStore(config.state_path, create=False) as s:
         rows = {r["obs_id"]: r for r in s.db["datasets"].rows}
-    assert rows[lost]["dispatches"] == 2  # the lost event timed out and went again
-    assert all(r["dispatches"] == 1 for k, r in rows.items() if k != lost)
+    # The lost event carried two neighbours (in obs_id order); both timed out, went again.
+    # (Others may too, on a machine too slow for the timeout: that is the same path.)
+    order = sorted(rows)
+    pair = order[order.index(lost) // 2 * 2:][:2]
+    assert all(rows[k]["dispatches"] >= 2 for k in pair)
     assert all(r["request_id"] for r in rows.values())
     assert all(r["sources"] > 10 and r["duration_ms"] for r in rows.values())
     keys = {o["Key"] for o in p.s3().list_objects_v2(Bucket=out_bucket)["Contents"]}

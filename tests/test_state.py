@@ -166,6 +166,34 @@ def test_timeout_dispatches_again_then_fails(store: StateStore) -> None:
     assert row["error"] == "timed out: no result within 60 s after 2 attempt(s)"
 
 
+def test_in_flight_pages_visit_each_dispatch_once_while_rows_change(store: StateStore) -> None:
+    _record(store, _exposures(10))
+    for t in (1.0, 2.0):  # two claims, five datasets sharing each dispatched_at
+        store.claim_new(5, executor="lambda", run_id="r", now=t)
+    seen = []
+    for page in store.in_flight_pages(3):
+        assert len(page) <= 3
+        seen += [r.obs_id for r in page]
+        # Settled between pages: neither skipped nor read twice.
+        store.mark_done([Finished(r.obs_id, "k") for r in page])
+    assert seen == [f"iabc{i:05d}" for i in range(10)]
+    assert store.count_in_flight() == 0 and list(store.in_flight_pages(3)) == []
+
+
+def test_a_mass_timeout_is_settled_in_bounded_steps(store: StateStore) -> None:
+    _record(store, _exposures(7))
+    store.claim_new(7, executor="lambda", run_id="r", now=0.0)
+    with store.transaction() as conn:  # two of them on their last attempt
+        conn.execute("UPDATE datasets SET attempts = 3 WHERE obs_id IN ('iabc00001', "
+                     "'iabc00005')")
+    steps = []
+    while out := store.expire(timeout_s=60, max_attempts=3, now=100.0, limit=3):
+        steps.append(out)
+    assert all(len(s) <= 6 for s in steps) and len(steps) >= 2
+    settled = {t.obs_id: t.state for s in steps for t in s}
+    assert settled == {f"iabc{i:05d}": "failed" if i in (1, 5) else "new" for i in range(7)}
+
+
 def test_orphans_of_a_previous_local_run_are_requeued_without_counting(store: StateStore) -> None:
     _record(store, _exposures(3))
     store.claim_new(2, executor="local", run_id="old")

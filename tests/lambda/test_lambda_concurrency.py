@@ -107,3 +107,18 @@ def test_the_daemon_keeps_in_flight_within_what_lambda_can_run(pipeline: Any,
                   "can run"]
     assert (lowered["configured"], lowered["bound"]) == (10, 2)
     assert "account's unreserved pool is 2" in lowered["reason"]
+
+
+def test_batches_count_as_one_run_each(standin_env: None) -> None:
+    """[executor] batch = 4: an event of 4 datasets is one run, so an account that runs 2 at
+    once holds 8 datasets in flight, and 8 wanted is no reason to warn."""
+    with LambdaStandIn("sep", run=False, account_limit=2) as fn:
+        client = boto3.client("lambda", endpoint_url=fn.url)
+        executor = LambdaExecutor("sep", concurrency=1, client=client)
+        try:
+            assert executor.limit_in_flight(8, client, batch=4) is None
+            assert executor.in_flight_cap is None
+            assert executor.limit_in_flight(40, client, batch=4) == 8
+            assert executor.in_flight_cap == 8
+        finally:
+            executor.close()

@@ -132,6 +132,35 @@ def test_roundtrip(store: ObjectStore) -> None:
     store.delete(key)  # deleting a missing object is fine
 
 
+def test_read_head_and_parallel_parts(store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+                                      ) -> None:
+    """read_head: the first bytes and the HEAD's answer at once; a long range on S3 comes in
+    parts on parallel connections, the same bytes."""
+    monkeypatch.setattr(storage, "PART_BYTES", 1000)
+    key = "hst/public/icxe/icxe15wwq/icxe15wwq_flt.fits"
+    assert store.read_head(key, 100) is None
+    data = os.urandom(4500)
+    store.put_atomic(key, data)
+    head, info = store.read_head(key, 100)  # type: ignore[misc]
+    assert head == data[:100] and (info.size, info.etag) == (len(data), store.head(key).etag)
+    assert store.read_head(key, 10_000)[0] == data  # type: ignore[index]
+    ranges: list[str] = []
+    if isinstance(store, S3Store):
+        store.client.meta.events.register(
+            "before-call.s3.GetObject", lambda params, **_: ranges.append(
+                params["headers"]["Range"]), unique_id="parts-test")
+    try:
+        assert store.read_range(key, 100, 4400) == data[100:4400]
+        assert store.read_range(key, 4000, 6000) == data[4000:]  # short, as S3 is
+    finally:
+        if isinstance(store, S3Store):
+            store.client.meta.events.unregister("before-call.s3.GetObject",
+                                                unique_id="parts-test")
+    if isinstance(store, S3Store):
+        assert sorted(ranges[:5]) == sorted(f"bytes={a}-{min(a + 1000, 4400) - 1}"
+                                            for a in range(100, 4400, 1000))
+
+
 def test_read_range_of_missing_object(store: ObjectStore) -> None:
     with pytest.raises(ObjectNotFound):
         store.read_range("no/such/object.fits", 0, 10)

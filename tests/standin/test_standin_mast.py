@@ -140,7 +140,9 @@ def test_products_by_obsid_list_in_batches_and_pages(
     flt = obs.filter_products(products, productSubGroupDescription="FLT")
     assert list(flt["productFilename"]) == [f"{e.dataset}_flt.fits" for e in exposures]
     assert list(flt["obs_id"]) == [e.obs_id for e in exposures]
-    product_pages = [r for r in standin.log if r.service == "Mast.Caom.Products"]
+    # (A fresh process also asks columnsconfig for the service once: not a page.)
+    product_pages = [r for r in standin.log
+                     if r.service == "Mast.Caom.Products" and r.endpoint == "invoke"]
     assert [r.page for r in product_pages] == list(range(1, len(product_pages) + 1))
     assert len(product_pages) == -(-len(products) // 250)
     # Unknown obsids add nothing.
