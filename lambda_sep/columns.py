@@ -52,7 +52,7 @@ fluxerr_aper  | f4[] | flux    | error of flux_aper
 mag_aper      | f4[] | mag(AB) | AB magnitude, apertures
 magerr_aper   | f4[] | mag     | error of mag_aper
 flux_iso      | f4   | flux    | isophotal flux
-flux_radius   | f4   | pix     | half-light radius
+flux_radius   | f4   | pix     | half-light radius, masked pixels left out
 peak          | f4   | flux    | peak pixel above background
 background    | f4   | flux    | background at the peak
 flags         | i2   |         | SEP object flags (1,2,4,8)

@@ -535,19 +535,26 @@ def _windowed(frame: Frame, sources: _Sources, auto: _Auto, shape: _Shape, *,
     if not n:
         return np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, np.int32)
     x, y = objs["x"], objs["y"]
-    normflux = np.where(auto.flux > 0, auto.flux, np.nan)
+    # SExtractor leaves masked pixels out (they are 0 in frame.sci), so the growth curve
+    # is taken without SEP's mask fill and normalised by the AUTO flux without its fill.
+    normflux = np.where(auto.flux > 0, auto.flux * (1.0 - auto.maskfrac), np.nan)
     # Half the AUTO flux lies inside the AUTO ellipse, so a circle of its semi-major axis
     # bounds the search (smaller than SEP's customary 6a: the cost grows as rmax^2).
     rmax = np.maximum(np.where(auto.circle, auto.circ_radius, auto.scale * shape.a), 1.0)
     seg = {"seg_id": sources.ids, "segmap": sources.segmap} if params.mask_neighbours else {}
     rhalf, _ = sep.flux_radius(frame.sci, x, y, rmax, 0.5, normflux=normflux,
-                               mask=frame.mask, subpix=5, **seg)
+                               subpix=5, **seg)
     rhalf = np.where(auto.flux > 0, rhalf, np.nan)
     sig = 2.0 / 2.35 * np.where(np.isfinite(rhalf) & (rhalf > 0), rhalf, 1.0)
     # Exact pixel overlap (subpix=0) is faster than SExtractor's 11x11 sampling and
-    # closer to the exact answer. Masked pixels in the window count as the window's mean.
+    # closer to the exact answer. The mask only flags the windows that hold masked pixels:
+    # SEP would count those as the window's unmasked mean, SExtractor leaves them out (its
+    # BLANK), so those windows run again without it (masked pixels are 0 in frame.sci).
     xwin, ywin, wflag = sep.winpos(frame.sci, x, y, sig, mask=frame.mask, subpix=0)
     flags = np.asarray(wflag, np.int32)
+    hit = (flags & sep.APER_HASMASKED) != 0
+    if hit.any():
+        xwin[hit], ywin[hit], _ = sep.winpos(frame.sci, x[hit], y[hit], sig[hit], subpix=0)
     h, w = frame.sci.shape
     failed = ~(np.isfinite(xwin) & np.isfinite(ywin))
     # SEP stops at once, leaving the start, when the window holds no positive flux.
@@ -555,7 +562,7 @@ def _windowed(frame: Frame, sources: _Sources, auto: _Auto, shape: _Shape, *,
     # A centroid that ran off its object, or off the image, is worse than the barycentre.
     failed |= np.hypot(xwin - x, ywin - y) >= np.maximum(2.0, shape.a)
     failed |= (xwin < -0.5) | (xwin > w - 0.5) | (ywin < -0.5) | (ywin > h - 0.5)
-    hit = ((flags & sep.APER_HASMASKED) != 0) & ~failed
+    hit &= ~failed
     if hit.any():
         window = _Apertures(sep.sum_circle, (xwin[hit], ywin[hit], WINPOS_NSIG * sig[hit]),
                             None, sources.segmap, 0)

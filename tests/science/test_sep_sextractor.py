@@ -108,21 +108,26 @@ def test_negated_frame_purity_at_the_defaults(real, name: str) -> None:
 
 @pytest.mark.parametrize("name", realframes.SCIENCE)
 def test_real_frame_windowed_positions_match_xwin(real, name: str) -> None:
-    """Issue 12 point 1: median |position - XWIN| <= 0.02 px at S/N >= 20."""
+    """Issue 12 point 1: median |position - XWIN| <= 0.02 px at S/N >= 20. At the defaults
+    the windowed step fails for at most 0.5% of the sources (one of 480 on ib6o23rtq: a
+    10-pixel source with a masked pixel in its core, whose window runs 3.3 px onto a brighter
+    neighbour; its barycentre stays, flagged)."""
     f = real[name]
     assert f.dpos <= 0.02, f
-    assert f.windowed == f.detections  # no windowed step failed at the defaults
+    assert f.detections - f.windowed <= 0.005 * f.detections, f
 
 
 def test_windowed_positions_kept_beside_masked_pixels(real) -> None:
     """The GJ 1214 star has masked pixels in its window: it keeps its windowed position,
-    within 0.02 px of XWIN (the barycentre was 0.15 px off)."""
+    within 0.02 px of XWIN (the barycentre was 0.15 px off); so do the sources of every
+    frame with masked pixels in the window (0.023 px on ib6o21qnq while SEP filled them
+    with the window's mean)."""
     f = real["ibxy07p9q"]
     assert f.n_masked_win == 1 and f.dpos_masked <= 0.02, f
     # Over the sources of every frame with masked pixels in the window.
     masked = [real[n] for n in realframes.SCIENCE if real[n].n_masked_win]
     assert sum(f.n_masked_win for f in masked) > 50
-    assert max(f.dpos_masked for f in masked) <= 0.025
+    assert max(f.dpos_masked for f in masked) <= 0.02
 
 
 @pytest.mark.parametrize("name", realframes.SCIENCE)
