@@ -72,14 +72,40 @@ def _fit(key: str, value: object, comment: str) -> tuple[str, object, str]:
     return key, value, comment[: max(fits.Card.length - start, 0)]
 
 
+Card = tuple[str, object, str]
+
+
 class _Cards:
     """Collects header cards in order, ``cards[key] = (value, comment)``, fitting comments."""
 
-    def __init__(self, cards: list[tuple[str, object, str]]) -> None:
+    def __init__(self, cards: list[Card]) -> None:
         self.cards = cards
 
     def __setitem__(self, key: str, vc: tuple[object, str]) -> None:
         self.cards.append(_fit(key, *vc))
+
+
+def _images(cards: list[Card]) -> str:
+    """The cards' 80-column images, concatenated (no END, no padding)."""
+    return fits.Header(cards).tostring(endcard=False, padding=False)
+
+
+# Formatting a card through astropy costs ~20 us; the column, version and parameter cards
+# (about 120 of a catalog's 185) are the same for every catalog of a container, so their
+# images are kept. The key carries each value's type: 1, 1.0 and True are equal in Python
+# but are different cards.
+_BLOCKS: dict[tuple, str] = {}
+
+
+def _block(cards: list[Card]) -> str:
+    """``_images(cards)``, formatted once per process for each distinct list of cards."""
+    key = tuple((k, type(v), v, c) for k, v, c in cards)
+    images = _BLOCKS.get(key)
+    if images is None:
+        if len(_BLOCKS) >= 64:  # a container that sees many parameter sets: start again
+            _BLOCKS.clear()
+        images = _BLOCKS[key] = _images([_fit(*card) for card in cards])
+    return images
 
 
 def param_keyword(name: str) -> str:
@@ -133,7 +159,7 @@ def build_catalog(
     dtype = np.dtype([(c.name, np.dtype(c.dtype).newbyteorder(">"), arr.shape[1:])
                       for c, arr in columns])
     rows = np.empty(n, dtype=dtype)
-    cards: list[tuple[str, object, str]] = [
+    head: list[Card] = [
         ("XTENSION", "BINTABLE", "binary table extension"),
         ("BITPIX", 8, "array data type"),
         ("NAXIS", 2, "number of array dimensions"),
@@ -143,17 +169,18 @@ def build_catalog(
         ("GCOUNT", 1, "number of groups"),
         ("TFIELDS", len(columns), "number of table fields"),
     ]
+    described: list[Card] = []
     for i, (column, arr) in enumerate(columns, start=1):
         rows[column.name] = arr
         base = _FORMATS[np.dtype(column.dtype)]
-        cards.append(_fit(f"TTYPE{i}", column.name, column.description))
-        cards.append((f"TFORM{i}", f"{arr.shape[1]}{base}" if arr.ndim == 2 else base, ""))
+        described.append((f"TTYPE{i}", column.name, column.description))
+        described.append((f"TFORM{i}", f"{arr.shape[1]}{base}" if arr.ndim == 2 else base, ""))
         # Every column has a unit card; '' means dimensionless (counts, flags, ratios).
         unit = extraction.flux_unit if column.unit == FLUX else column.unit
-        cards.append((f"TUNIT{i}", unit, ""))
-    cards.append(("EXTNAME", EXTNAME, "extension name"))
-    h = _Cards(cards)
+        described.append((f"TUNIT{i}", unit, ""))
+    described.append(("EXTNAME", EXTNAME, "extension name"))
 
+    h = _Cards([])
     h["ORIGIN"] = ("mastmirror", "catalog made by mastmirror lambda_sep")
     h["OBS_ID"] = (obs_id, "dataset (ROOTNAME)")
     h["INBUCKET"] = (bucket, "input bucket or store")
@@ -165,43 +192,53 @@ def build_catalog(
     h["INEXTS"] = (",".join(image.extensions), "input extensions walked")
     _copy_input_keywords(h, image)
 
-    h["MMVER"] = (__version__, "mastmirror version")
-    h["SEPVER"] = (sep.__version__, "SEP version")
-    h["ASTROVER"] = (astropy.__version__, "astropy version")
-    h["NUMPYVER"] = (np.__version__, "numpy version")
-    h["PYVER"] = (platform.python_version(), "Python version")
+    versions: list[Card] = [
+        ("MMVER", __version__, "mastmirror version"),
+        ("SEPVER", sep.__version__, "SEP version"),
+        ("ASTROVER", astropy.__version__, "astropy version"),
+        ("NUMPYVER", np.__version__, "numpy version"),
+        ("PYVER", platform.python_version(), "Python version"),
+    ]
 
-    h["NSOURCES"] = (extraction.count, "number of sources (= NAXIS2)")
-    h["BKGLEVEL"] = (extraction.background, "global background level")
-    h["BKGRMS"] = (extraction.background_rms, "global background rms")
-    h["NMASKED"] = (extraction.masked_pixels, "pixels masked (DQ, non-finite, ERR<=0)")
-    h["NOISESRC"] = (extraction.noise_source, "per-pixel noise used")
-    h["NOISEMED"] = (_round(extraction.noise_median), "median noise of unmasked pixels")
-    h["NOISEFIX"] = (extraction.noise_replaced, "noise values <= 0 or non-finite replaced")
-    h["NOISEWHY"] = (extraction.noise_note, "what was done to the noise, and why")
+    x = _Cards([])
+    x["NSOURCES"] = (extraction.count, "number of sources (= NAXIS2)")
+    x["BKGLEVEL"] = (extraction.background, "global background level")
+    x["BKGRMS"] = (extraction.background_rms, "global background rms")
+    x["NMASKED"] = (extraction.masked_pixels, "pixels masked (DQ, non-finite, ERR<=0)")
+    x["NOISESRC"] = (extraction.noise_source, "per-pixel noise used")
+    x["NOISEMED"] = (_round(extraction.noise_median), "median noise of unmasked pixels")
+    x["NOISEFIX"] = (extraction.noise_replaced, "noise values <= 0 or non-finite replaced")
+    x["NOISEWHY"] = (extraction.noise_note, "what was done to the noise, and why")
     detnsig = detection_equivalent(params)
-    h["DETNSIG"] = (_round(detnsig), "threshold as SExtractor DETECT_THRESH (sigma)")
-    h["DETLEVEL"] = (_round(detnsig * extraction.noise_median),
+    x["DETNSIG"] = (_round(detnsig), "threshold as SExtractor DETECT_THRESH (sigma)")
+    x["DETLEVEL"] = (_round(detnsig * extraction.noise_median),
                      "threshold at NOISEMED, kernel-weighted, flux/pix")
-    h["NDROPMSK"] = (extraction.dropped_masked, "detections dropped: mostly masked pixels")
-    h["MASKPHOT"] = ("SEP mean fill", "masked aperture area: aperture mean, maskfrac_*")
-    h["FLUXUNIT"] = (extraction.flux_unit, "unit of fluxes")
-    h["WCSOK"] = (extraction.wcs_ok, "ra/dec computed from the SCI WCS")
-    h["WCSMODEL"] = (extraction.wcs_model, "ra/dec projection[-distortion]; '' = no WCS")
+    x["NDROPMSK"] = (extraction.dropped_masked, "detections dropped: mostly masked pixels")
+    x["MASKPHOT"] = ("SEP mean fill", "masked aperture area: aperture mean, maskfrac_*")
+    x["FLUXUNIT"] = (extraction.flux_unit, "unit of fluxes")
+    x["WCSOK"] = (extraction.wcs_ok, "ra/dec computed from the SCI WCS")
+    x["WCSMODEL"] = (extraction.wcs_model, "ra/dec projection[-distortion]; '' = no WCS")
     if extraction.zeropoint is not None:
-        h["MAGZP"] = (round(extraction.zeropoint, 6), "AB mag of 1 flux unit per second")
-        h["MAGZPSRC"] = (extraction.zeropoint_source, "keywords MAGZP derives from")
-    h["NAPER"] = (len(params.aper_radii), "circular apertures (flux_aper elements)")
-    for i, r in enumerate(params.aper_radii, start=1):
-        h[f"APRAD{i}"] = (r, f"[pix] radius of aperture {i}")
-    for f in dataclasses.fields(params):
-        h[param_keyword(f.name)] = (_param_value(getattr(params, f.name)), f.name)
+        x["MAGZP"] = (round(extraction.zeropoint, 6), "AB mag of 1 flux unit per second")
+        x["MAGZPSRC"] = (extraction.zeropoint_source, "keywords MAGZP derives from")
+
+    settings: list[Card] = [("NAPER", len(params.aper_radii),
+                             "circular apertures (flux_aper elements)")]
+    settings += [(f"APRAD{i}", r, f"[pix] radius of aperture {i}")
+                 for i, r in enumerate(params.aper_radii, start=1)]
+    settings += [(param_keyword(f.name), _param_value(getattr(params, f.name)), f.name)
+                 for f in dataclasses.fields(params)]
 
     # Run-specific cards last, fixed format, so their values are all that differs.
-    h["DATE"] = (date, "UTC date of processing")
-    h[HDR_PROCTIME] = (float(f"{processing_time:.4f}"), "[s] processing time")
-    h[HDR_PEAK_RSS] = (float(f"{peak_rss_mb:.1f}"), "[MB] peak resident memory of the process")
-    h[HDR_ATTEMPT] = (attempt, "dispatch attempt")
+    run: list[Card] = [
+        ("DATE", date, "UTC date of processing"),
+        (HDR_PROCTIME, float(f"{processing_time:.4f}"), "[s] processing time"),
+        (HDR_PEAK_RSS, float(f"{peak_rss_mb:.1f}"), "[MB] peak resident memory of the process"),
+        (HDR_ATTEMPT, attempt, "dispatch attempt"),
+    ]
+    extension = "".join((_images(head), _block(described), _images(h.cards), _block(versions),
+                         _images(x.cards), _block(settings),
+                         _images([_fit(*card) for card in run])))
 
     primary = [
         ("SIMPLE", True, "conforms to FITS standard"),
@@ -214,7 +251,13 @@ def build_catalog(
     body = rows.tobytes()
     return b"".join((
         fits.Header(primary).tostring().encode("ascii"),
-        fits.Header(cards).tostring().encode("ascii"),
+        _ended(extension).encode("ascii"),
         body,
         b"\0" * (-len(body) % _BLOCK),
     ))
+
+
+def _ended(images: str) -> str:
+    """A header's card images with its END card, blank-padded to whole 2880-byte blocks."""
+    images += "END".ljust(fits.Card.length)
+    return images + " " * (-len(images) % _BLOCK)
