@@ -396,23 +396,25 @@ class S3Store(ObjectStore):
         k = self._key(key)
         _check_range(start, stop)
         if stop - start <= PART_BYTES:
-            return self._get_range(k, start, stop)
+            return self._get_range(k, start, stop)[1]
         bounds = [(a, min(a + PART_BYTES, stop)) for a in range(start, stop, PART_BYTES)]
         # A part past the end comes back short or empty: the caller sees a short read.
-        return b"".join(_part_pool().map(lambda b: self._get_range(k, *b), bounds))
+        return b"".join(_part_pool().map(lambda b: self._get_range(k, *b)[1], bounds))
 
-    def _get_range(self, k: str, start: int, stop: int) -> bytes:
+    def _get_range(self, k: str, start: int, stop: int) -> tuple[Any, bytes]:
+        """A ranged GET's response and body; (None, b"") when nothing is asked for or the
+        range starts at or past the end of the object. ObjectNotFound if there is none."""
         if stop == start:
-            return b""
+            return None, b""
         try:
             return self._read_body(lambda: self.client.get_object(
-                Bucket=self.bucket, Key=k, Range=f"bytes={start}-{stop - 1}"))[1]
+                Bucket=self.bucket, Key=k, Range=f"bytes={start}-{stop - 1}"))
         except botocore.exceptions.ClientError as exc:
             code = _client_error_code(exc)
             if code in _NOT_FOUND_CODES:
                 raise ObjectNotFound(f"{self._where(k)}: no such object") from exc
-            if code == "InvalidRange":  # start at or past the end of the object
-                return b""
+            if code == "InvalidRange":
+                return None, b""
             raise _s3_error(exc, self._where(k)) from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise _s3_error(exc, self._where(k)) from exc
@@ -422,20 +424,12 @@ class S3Store(ObjectStore):
         ETag and metadata are the object's, so no HEAD is needed before reading."""
         k = self._key(key)
         _check_range(0, stop)
-        if stop == 0:
-            return (b"", info) if (info := self.head(key)) is not None else None
         try:
-            resp, body = self._read_body(lambda: self.client.get_object(
-                Bucket=self.bucket, Key=k, Range=f"bytes=0-{stop - 1}"))
-        except botocore.exceptions.ClientError as exc:
-            code = _client_error_code(exc)
-            if code in _NOT_FOUND_CODES:
-                return None
-            if code == "InvalidRange":  # an empty object has no byte 0
-                return (b"", info) if (info := self.head(key)) is not None else None
-            raise _s3_error(exc, self._where(k)) from exc
-        except botocore.exceptions.BotoCoreError as exc:
-            raise _s3_error(exc, self._where(k)) from exc
+            resp, body = self._get_range(k, 0, stop)
+        except ObjectNotFound:
+            return None
+        if resp is None:  # nothing asked for, or an empty object (it has no byte 0)
+            return (b"", info) if (info := self.head(key)) is not None else None
         # "bytes 0-65535/16496640"; a server that ignores Range sends the whole object.
         total = str(resp.get("ContentRange") or "").rpartition("/")[2]
         size = int(total) if total.isdigit() else int(resp.get("ContentLength") or len(body))

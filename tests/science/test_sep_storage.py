@@ -401,3 +401,16 @@ def test_without_credentials_requests_are_unsigned(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
     assert s3_client().meta.config.signature_version is not botocore.UNSIGNED
+
+
+def test_read_head_of_an_empty_object_and_of_nothing(store: ObjectStore) -> None:
+    """An empty object has no byte 0 (S3 answers InvalidRange) and asking for 0 bytes asks
+    nothing: both still tell the object's size and ETag, and a missing one is None."""
+    key = "hst/public/icxe/icxe15wwq/icxe15wwq_flt.fits"
+    assert store.read_head(key, 0) is None
+    store.put_atomic(key, b"")
+    head, info = store.read_head(key, 100)  # type: ignore[misc]
+    assert head == b"" and (info.size, info.etag) == (0, store.head(key).etag)
+    store.put_atomic(key, b"SIMPLE")
+    head, info = store.read_head(key, 0)  # type: ignore[misc]
+    assert head == b"" and (info.size, info.etag) == (6, store.head(key).etag)
