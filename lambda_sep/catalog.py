@@ -75,19 +75,9 @@ def _fit(key: str, value: object, comment: str) -> tuple[str, object, str]:
 Card = tuple[str, object, str]
 
 
-class _Cards:
-    """Collects header cards in order, ``cards[key] = (value, comment)``, fitting comments."""
-
-    def __init__(self, cards: list[Card]) -> None:
-        self.cards = cards
-
-    def __setitem__(self, key: str, vc: tuple[object, str]) -> None:
-        self.cards.append(_fit(key, *vc))
-
-
 def _images(cards: list[Card]) -> str:
-    """The cards' 80-column images, concatenated (no END, no padding)."""
-    return fits.Header(cards).tostring(endcard=False, padding=False)
+    """The cards' 80-column images, comments fitted, concatenated (no END, no padding)."""
+    return fits.Header([_fit(*card) for card in cards]).tostring(endcard=False, padding=False)
 
 
 # Formatting a card through astropy costs ~20 us; the column, version and parameter cards
@@ -104,7 +94,7 @@ def _block(cards: list[Card]) -> str:
     if images is None:
         if len(_BLOCKS) >= 64:  # a container that sees many parameter sets: start again
             _BLOCKS.clear()
-        images = _BLOCKS[key] = _images([_fit(*card) for card in cards])
+        images = _BLOCKS[key] = _images(cards)
     return images
 
 
@@ -124,13 +114,16 @@ def _param_value(value: object) -> object:
     return value
 
 
-def _copy_input_keywords(header: _Cards, image: Image) -> None:
+def _input_keywords(image: Image) -> list[Card]:
+    """The cards of ``_COPIED`` that the input exposure has, with simple values."""
+    cards: list[Card] = []
     for name in _COPIED:
         value = image.keyword(name)
         if value is None or isinstance(value, fits.card.Undefined):
             continue
         if isinstance(value, str | bool | int | float):
-            header[name] = (value, "from the input exposure")
+            cards.append((name, value, "from the input exposure"))
+    return cards
 
 
 def build_catalog(
@@ -180,17 +173,18 @@ def build_catalog(
         described.append((f"TUNIT{i}", unit, ""))
     described.append(("EXTNAME", EXTNAME, "extension name"))
 
-    h = _Cards([])
-    h["ORIGIN"] = ("mastmirror", "catalog made by mastmirror lambda_sep")
-    h["OBS_ID"] = (obs_id, "dataset (ROOTNAME)")
-    h["INBUCKET"] = (bucket, "input bucket or store")
-    h["INKEY"] = (key, "input object key")
-    h[HDR_INPUT_ETAG] = (etag, "input object ETag")
-    h[HDR_INPUT_SIZE] = (image.size, "[byte] input object size")
-    h[HDR_BYTES_READ] = (image.bytes_read, "[byte] input bytes read (ranged reads)")
-    h["NREADS"] = (len(image.ranges), "ranged read requests")
-    h["INEXTS"] = (",".join(image.extensions), "input extensions walked")
-    _copy_input_keywords(h, image)
+    provenance: list[Card] = [
+        ("ORIGIN", "mastmirror", "catalog made by mastmirror lambda_sep"),
+        ("OBS_ID", obs_id, "dataset (ROOTNAME)"),
+        ("INBUCKET", bucket, "input bucket or store"),
+        ("INKEY", key, "input object key"),
+        (HDR_INPUT_ETAG, etag, "input object ETag"),
+        (HDR_INPUT_SIZE, image.size, "[byte] input object size"),
+        (HDR_BYTES_READ, image.bytes_read, "[byte] input bytes read (ranged reads)"),
+        ("NREADS", len(image.ranges), "ranged read requests"),
+        ("INEXTS", ",".join(image.extensions), "input extensions walked"),
+        *_input_keywords(image),
+    ]
 
     versions: list[Card] = [
         ("MMVER", __version__, "mastmirror version"),
@@ -200,27 +194,30 @@ def build_catalog(
         ("PYVER", platform.python_version(), "Python version"),
     ]
 
-    x = _Cards([])
-    x["NSOURCES"] = (extraction.count, "number of sources (= NAXIS2)")
-    x["BKGLEVEL"] = (extraction.background, "global background level")
-    x["BKGRMS"] = (extraction.background_rms, "global background rms")
-    x["NMASKED"] = (extraction.masked_pixels, "pixels masked (DQ, non-finite, ERR<=0)")
-    x["NOISESRC"] = (extraction.noise_source, "per-pixel noise used")
-    x["NOISEMED"] = (_round(extraction.noise_median), "median noise of unmasked pixels")
-    x["NOISEFIX"] = (extraction.noise_replaced, "noise values <= 0 or non-finite replaced")
-    x["NOISEWHY"] = (extraction.noise_note, "what was done to the noise, and why")
     detnsig = detection_equivalent(params)
-    x["DETNSIG"] = (_round(detnsig), "threshold as SExtractor DETECT_THRESH (sigma)")
-    x["DETLEVEL"] = (_round(detnsig * extraction.noise_median),
-                     "threshold at NOISEMED, kernel-weighted, flux/pix")
-    x["NDROPMSK"] = (extraction.dropped_masked, "detections dropped: mostly masked pixels")
-    x["MASKPHOT"] = ("SEP mean fill", "masked aperture area: aperture mean, maskfrac_*")
-    x["FLUXUNIT"] = (extraction.flux_unit, "unit of fluxes")
-    x["WCSOK"] = (extraction.wcs_ok, "ra/dec computed from the SCI WCS")
-    x["WCSMODEL"] = (extraction.wcs_model, "ra/dec projection[-distortion]; '' = no WCS")
+    measured: list[Card] = [
+        ("NSOURCES", extraction.count, "number of sources (= NAXIS2)"),
+        ("BKGLEVEL", extraction.background, "global background level"),
+        ("BKGRMS", extraction.background_rms, "global background rms"),
+        ("NMASKED", extraction.masked_pixels, "pixels masked (DQ, non-finite, ERR<=0)"),
+        ("NOISESRC", extraction.noise_source, "per-pixel noise used"),
+        ("NOISEMED", _round(extraction.noise_median), "median noise of unmasked pixels"),
+        ("NOISEFIX", extraction.noise_replaced, "noise values <= 0 or non-finite replaced"),
+        ("NOISEWHY", extraction.noise_note, "what was done to the noise, and why"),
+        ("DETNSIG", _round(detnsig), "threshold as SExtractor DETECT_THRESH (sigma)"),
+        ("DETLEVEL", _round(detnsig * extraction.noise_median),
+         "threshold at NOISEMED, kernel-weighted, flux/pix"),
+        ("NDROPMSK", extraction.dropped_masked, "detections dropped: mostly masked pixels"),
+        ("MASKPHOT", "SEP mean fill", "masked aperture area: aperture mean, maskfrac_*"),
+        ("FLUXUNIT", extraction.flux_unit, "unit of fluxes"),
+        ("WCSOK", extraction.wcs_ok, "ra/dec computed from the SCI WCS"),
+        ("WCSMODEL", extraction.wcs_model, "ra/dec projection[-distortion]; '' = no WCS"),
+    ]
     if extraction.zeropoint is not None:
-        x["MAGZP"] = (round(extraction.zeropoint, 6), "AB mag of 1 flux unit per second")
-        x["MAGZPSRC"] = (extraction.zeropoint_source, "keywords MAGZP derives from")
+        measured += [
+            ("MAGZP", round(extraction.zeropoint, 6), "AB mag of 1 flux unit per second"),
+            ("MAGZPSRC", extraction.zeropoint_source, "keywords MAGZP derives from"),
+        ]
 
     settings: list[Card] = [("NAPER", len(params.aper_radii),
                              "circular apertures (flux_aper elements)")]
@@ -236,21 +233,20 @@ def build_catalog(
         (HDR_PEAK_RSS, float(f"{peak_rss_mb:.1f}"), "[MB] peak resident memory of the process"),
         (HDR_ATTEMPT, attempt, "dispatch attempt"),
     ]
-    extension = "".join((_images(head), _block(described), _images(h.cards), _block(versions),
-                         _images(x.cards), _block(settings),
-                         _images([_fit(*card) for card in run])))
+    extension = "".join((_images(head), _block(described), _images(provenance),
+                         _block(versions), _images(measured), _block(settings), _images(run)))
 
-    primary = [
+    primary: list[Card] = [
         ("SIMPLE", True, "conforms to FITS standard"),
         ("BITPIX", 8, "array data type"),
         ("NAXIS", 0, "number of array dimensions"),
         ("EXTEND", True, ""),
-        _fit("ORIGIN", "mastmirror", "catalog made by mastmirror lambda_sep"),
-        _fit("OBS_ID", obs_id, "dataset (ROOTNAME)"),
+        ("ORIGIN", "mastmirror", "catalog made by mastmirror lambda_sep"),
+        ("OBS_ID", obs_id, "dataset (ROOTNAME)"),
     ]
     body = rows.tobytes()
     return b"".join((
-        fits.Header(primary).tostring().encode("ascii"),
+        _ended(_images(primary)).encode("ascii"),
         _ended(extension).encode("ascii"),
         body,
         b"\0" * (-len(body) % _BLOCK),
