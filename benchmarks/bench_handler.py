@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
+from daemon.prices import LAMBDA_FULL_VCPU_MB as FULL_VCPU_MB  # noqa: E402
 from daemon.prices import LAMBDA_GB_S as PRICE_GB_S  # noqa: E402
 from daemon.prices import LAMBDA_REQUEST as PRICE_REQUEST  # noqa: E402
 
-FULL_VCPU_MB = 1769
 DEMO = {"gb_s": 1.1, "usd": 2.24, "images": 122_078}
 MEMORY_TABLE = (512, 1024, 1536, 1769, 2048, 3008)
 

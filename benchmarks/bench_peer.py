@@ -203,9 +203,7 @@ def _upload(n: int, seed: int) -> list[str]:
     return keys
 
 
-# Lambda gives a function CPU in proportion to its memory, one full vCPU at 1,769 MB (AWS
-# Lambda developer guide, "Configuring memory"); the 2018 demonstration's published figures.
-FULL_VCPU_MB = 1769
+# The 2018 demonstration's published figures.
 DEMO_2018 = {"usd": 2.24, "images": 122_078, "gb_s": 1.1, "memory_mb": 1024}
 
 
@@ -216,9 +214,9 @@ def lambda_image_cost(cpu_s: float, wall_s: float, *, memory_mb: int, architectu
     overlaps the computing (reads ahead, writes behind) costs nothing more, so the run lasts
     the longer of the stretched CPU time and the wall time. Lambda's request charge is
     shared by the ``batch`` exposures of an invocation."""
-    from daemon.prices import lambda_usd
+    from daemon.prices import LAMBDA_FULL_VCPU_MB, lambda_usd
 
-    seconds = max(cpu_s * max(1.0, FULL_VCPU_MB / memory_mb), wall_s)
+    seconds = max(cpu_s * max(1.0, LAMBDA_FULL_VCPU_MB / memory_mb), wall_s)
     return seconds, lambda_usd(seconds, 0, memory_mb=memory_mb, architecture=architecture) \
         + lambda_usd(0.0, 1, memory_mb=memory_mb, architecture=architecture) / batch
 

@@ -9,6 +9,9 @@ Standard library only: ``status`` imports it and must start fast.
 * Lambda (https://aws.amazon.com/lambda/pricing/): duration per GB-second,
   $0.0000166667 on x86_64 and $0.0000133334 on arm64 (the first 6 and 7.5 billion GB-s a
   month); $0.20 per million requests (invocations), either architecture.
+* Lambda's CPU (AWS Lambda developer guide, "Configuring memory"): a function gets CPU in
+  proportion to its memory, the equivalent of one full vCPU at 1,769 MB, so below that its
+  computing stretches by 1769/MB (the cost models of the benchmarks).
 * S3 Standard (https://aws.amazon.com/s3/pricing/): PUT, COPY, POST and LIST $0.005 per
   1,000 requests; "GET, SELECT, and all other requests" $0.0004 per 1,000 (a HEAD bills as
   one); DELETE free. The archive bucket (stpubdata, AWS Open Data) is not Requester Pays:
@@ -17,10 +20,12 @@ Standard library only: ``status`` imports it and must start fast.
 
 from __future__ import annotations
 
-__all__ = ["LAMBDA_GB_S", "LAMBDA_REQUEST", "S3_GET", "S3_PUT", "cost_usd", "lambda_usd"]
+__all__ = ["LAMBDA_FULL_VCPU_MB", "LAMBDA_GB_S", "LAMBDA_REQUEST", "S3_GET", "S3_PUT",
+           "cost_usd", "lambda_usd"]
 
 LAMBDA_GB_S = {"x86_64": 0.0000166667, "arm64": 0.0000133334}  # USD per GB-second
 LAMBDA_REQUEST = 0.20 / 1_000_000  # USD per invocation
+LAMBDA_FULL_VCPU_MB = 1769  # memory at which a function has one full vCPU
 S3_PUT = 0.005 / 1000  # USD per PUT, COPY, POST or LIST request
 S3_GET = 0.0004 / 1000  # USD per GET or HEAD request
 
