@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 from lambda_sep import contract, storage
 from lambda_sep.contract import input_stem
+from lambda_sep.storage import ObjectChanged, ObjectInfo
 
 # Keys in one ListObjectsV2 answer (S3's maximum, and its default).
 LIST_PAGE = 1000
@@ -156,7 +157,11 @@ class OutputStore:
             return None
         meta: dict[str, Any] = {k.lower(): v for k, v in info.metadata.items()}
         if _int(meta.get(contract.META_SOURCES)) is None:
-            meta = self._header_metadata(key, info.size)
+            try:
+                meta = self._header_metadata(key, info)
+            except ObjectChanged:  # replaced while its header was read: the next pass
+                return None  # reads the new one whole
+
         return Result(obs_id=obs_id, kind="catalog", key=key,
                       attempt=_int(meta.get(contract.META_ATTEMPT)),
                       sources=_int(meta.get(contract.META_SOURCES)),
@@ -166,13 +171,14 @@ class OutputStore:
                       input_etag=meta.get(contract.META_INPUT_ETAG) or None,
                       input_size=_int(meta.get(contract.META_INPUT_SIZE)))
 
-    def _header_metadata(self, key: str, size: int) -> dict[str, Any]:
+    def _header_metadata(self, key: str, info: ObjectInfo) -> dict[str, Any]:
         """The metadata S3 would carry, read from the catalog's own header blocks (for
-        stores without object metadata, or catalogs written without it)."""
+        stores without object metadata, or catalogs written without it), all of them from
+        the version ``info`` describes (ObjectChanged if it was replaced meanwhile)."""
         from lambda_sep.fitsread import ImageError, read_headers
 
         try:
-            headers = read_headers(self._store, key, size, 2)
+            headers = read_headers(self._store, key, info.size, 2, etag=info.etag or None)
         except ImageError:
             return {}  # not a whole catalog: counted as done, without figures
         if len(headers) < 2:

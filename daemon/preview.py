@@ -86,6 +86,6 @@ def preview(config: Config, obs_id: str, out: Path | None = None) -> Path:
     if info is None:
         raise PreviewError(f"{obs_id}: exposure {row['input_key']} is missing from "
                            f"{config.archive.bucket}")
-    image = read_image(archive, row["input_key"], info.size)
+    image = read_image(archive, row["input_key"], info.size, etag=info.etag or None)
     title = f"{obs_id}  {image.keyword('FILTER', '')}  {len(catalog)} sources (Kron apertures)"
     return render(image.sci, catalog, out or Path(f"{obs_id}_preview.png"), title=title)

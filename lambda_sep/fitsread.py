@@ -115,10 +115,11 @@ def _padded(n: int) -> int:
 class _Reader:
     """Ranged reads of one object, with the bytes kept in a few contiguous segments."""
 
-    def __init__(self, store: ObjectStore, key: str, size: int) -> None:
+    def __init__(self, store: ObjectStore, key: str, size: int, etag: str | None) -> None:
         self.store = store
         self.key = key
         self.size = size
+        self.etag = etag  # every read is of this version (None: not checked)
         self.segments: list[tuple[int, bytearray]] = []
         self.ranges: list[tuple[int, int]] = []
         self.bytes_read = 0
@@ -156,7 +157,7 @@ class _Reader:
 
     def _read(self, start: int, stop: int) -> bytes:
         try:
-            data = self.store.read_range(self.key, start, stop)
+            data = self.store.read_range(self.key, start, stop, etag=self.etag)
         except ObjectNotFound as exc:
             raise ImageError(f"input object disappeared while reading: {exc}") from exc
         self.ranges.append((start, stop))
@@ -243,13 +244,16 @@ def _parse_hdu(reader: _Reader, pos: int, index: int) -> _Hdu:
     return _Hdu(index, name, ver, header, pos, end, nbytes)
 
 
-def read_headers(store: ObjectStore, key: str, size: int, count: int) -> list[fits.Header]:
+def read_headers(store: ObjectStore, key: str, size: int, count: int, *,
+                 etag: str | None = None) -> list[fits.Header]:
     """The first ``count`` headers of a FITS object, reading its header blocks only.
 
     The reconciler uses it to learn a catalog's source count and run figures from a store
-    that keeps no object metadata, without reading the table.
+    that keeps no object metadata, without reading the table. With ``etag`` (the object's,
+    from ``head``) every read is of that version, or ObjectChanged is raised: the headers
+    take more than one read, and a catalog replaced between two would mix two runs.
     """
-    reader = _Reader(store, key, size)
+    reader = _Reader(store, key, size, etag)
     headers: list[fits.Header] = []
     pos = 0
     for index in range(count):
@@ -288,21 +292,24 @@ def _decode(reader: _Reader, hdu: _Hdu, *, as_float: bool) -> np.ndarray:
 
 
 def read_image(store: ObjectStore, key: str, size: int, *, first_read: int = FIRST_READ,
-               head: bytes | None = None,
+               head: bytes | None = None, etag: str | None = None,
                inspect: Callable[[fits.Header, fits.Header], str | None] | None = None
                ) -> Image:
     """Read headers and SCI/ERR/DQ (or SCI/WHT) data of ``key`` without reading the rest.
 
     ``size`` is the object size (``store.head`` or ``store.read_head``); ``head``, when
     given, is the object's first bytes as ``store.read_head`` returned them: they stand for
-    the first read. ``inspect(primary, sci_header)`` is called as soon as the SCI header is
-    parsed, before any pixel data is read: a reason it returns stops the reading with
-    :class:`ReadStopped`. Raises :class:`ImageError` for files that are not FITS, truncated,
-    corrupt, lack a SCI extension, or whose SCI is not a 2-D image matching its ERR/DQ/WHT.
+    the first read. ``etag`` (the object's, from either) makes every further read one of
+    that version, or raises ObjectChanged: an input reprocessed while it is read is never
+    catalogued from two versions. ``inspect(primary, sci_header)`` is called as soon as the
+    SCI header is parsed, before any pixel data is read: a reason it returns stops the
+    reading with :class:`ReadStopped`. Raises :class:`ImageError` for files that are not
+    FITS, truncated, corrupt, lack a SCI extension, or whose SCI is not a 2-D image matching
+    its ERR/DQ/WHT.
     """
     if size < BLOCK:
         raise ImageError(f"not a FITS file: {size} bytes is less than one 2880-byte block")
-    reader = _Reader(store, key, size)
+    reader = _Reader(store, key, size, etag)
     if head:
         reader.segments.append((0, bytearray(head)))
         reader.ranges.append((0, len(head)))

@@ -194,7 +194,8 @@ def _read(ev: Event) -> tuple[ObjectInfo, Image | ReadStopped]:
         raise InputMissing(f"input object not found: {inp.url}/{ev.key}")
     head, info = got
     try:
-        return info, read_image(inp, ev.key, info.size, head=head, inspect=header_refusal)
+        return info, read_image(inp, ev.key, info.size, head=head, etag=info.etag or None,
+                                inspect=header_refusal)
     except ReadStopped as stop:
         return info, stop
 

@@ -38,6 +38,7 @@ from lambda_sep.contract import BUCKET_RE
 
 __all__ = [
     "FileStore",
+    "ObjectChanged",
     "ObjectInfo",
     "ObjectNotFound",
     "ObjectStore",
@@ -117,6 +118,15 @@ class ObjectNotFound(StorageError):
     """The object does not exist (raised by ``read_range``; ``head``/``get`` return None)."""
 
 
+class ObjectChanged(StorageError):
+    """The object is no longer the version whose ETag a read gave (``read_range(...,
+    etag=)``): it was overwritten between two reads of one file. Retryable: reading again
+    from the start gets one version whole."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=True, status=412)
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """What a HEAD tells: size in bytes, entity tag, user metadata (lower-case names)."""
@@ -182,10 +192,13 @@ class ObjectStore(ABC):
         """Size, ETag and user metadata of ``key``, or None if it does not exist."""
 
     @abstractmethod
-    def read_range(self, key: str, start: int, stop: int) -> bytes:
+    def read_range(self, key: str, start: int, stop: int, *, etag: str | None = None
+                   ) -> bytes:
         """Bytes ``[start, stop)`` of ``key``; shorter if the object ends before ``stop``.
 
-        Raises :class:`ObjectNotFound` if the object does not exist.
+        Raises :class:`ObjectNotFound` if the object does not exist, and
+        :class:`ObjectChanged` if ``etag`` is given and the object is another version now
+        (a file read in several ranges must not mix two versions of it).
         """
 
     def read_head(self, key: str, stop: int) -> tuple[bytes, ObjectInfo] | None:
@@ -195,7 +208,7 @@ class ObjectStore(ABC):
         if info is None:
             return None
         try:
-            return self.read_range(key, 0, min(stop, info.size)), info
+            return self.read_range(key, 0, min(stop, info.size), etag=info.etag), info
         except ObjectNotFound:  # deleted between the two calls
             return None
 
@@ -391,30 +404,38 @@ class S3Store(ObjectStore):
                     raise
         raise AssertionError("unreachable")
 
-    def read_range(self, key: str, start: int, stop: int) -> bytes:
-        """Ranged GET of ``[start, stop)``; in parallel parts of ``PART_BYTES`` when longer."""
+    def read_range(self, key: str, start: int, stop: int, *, etag: str | None = None
+                   ) -> bytes:
+        """Ranged GET of ``[start, stop)``; in parallel parts of ``PART_BYTES`` when longer.
+        With ``etag``, each GET carries If-Match: S3 answers 412 for another version."""
         k = self._key(key)
         _check_range(start, stop)
         if stop - start <= PART_BYTES:
-            return self._get_range(k, start, stop)[1]
+            return self._get_range(k, start, stop, etag)[1]
         bounds = [(a, min(a + PART_BYTES, stop)) for a in range(start, stop, PART_BYTES)]
         # A part past the end comes back short or empty: the caller sees a short read.
-        return b"".join(_part_pool().map(lambda b: self._get_range(k, *b)[1], bounds))
+        return b"".join(_part_pool().map(lambda b: self._get_range(k, b[0], b[1], etag)[1], bounds))
 
-    def _get_range(self, k: str, start: int, stop: int) -> tuple[Any, bytes]:
+    def _get_range(self, k: str, start: int, stop: int, etag: str | None = None
+                   ) -> tuple[Any, bytes]:
         """A ranged GET's response and body; (None, b"") when nothing is asked for or the
-        range starts at or past the end of the object. ObjectNotFound if there is none."""
+        range starts at or past the end of the object. ObjectNotFound if there is none,
+        ObjectChanged if ``etag`` is not the object's any more."""
         if stop == start:
             return None, b""
+        match = {"IfMatch": f'"{etag}"'} if etag else {}
         try:
             return self._read_body(lambda: self.client.get_object(
-                Bucket=self.bucket, Key=k, Range=f"bytes={start}-{stop - 1}"))
+                Bucket=self.bucket, Key=k, Range=f"bytes={start}-{stop - 1}", **match))
         except botocore.exceptions.ClientError as exc:
             code = _client_error_code(exc)
             if code in _NOT_FOUND_CODES:
                 raise ObjectNotFound(f"{self._where(k)}: no such object") from exc
             if code == "InvalidRange":
                 return None, b""
+            if code in ("PreconditionFailed", "412"):
+                raise ObjectChanged(f"{self._where(k)}: changed while being read (ETag "
+                                    f"{etag} is not the object's any more)") from exc
             raise _s3_error(exc, self._where(k)) from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise _s3_error(exc, self._where(k)) from exc
@@ -514,6 +535,10 @@ def _os_error(exc: OSError, where: str) -> StorageError:
     )
 
 
+def _file_etag(st: os.stat_result) -> str:
+    return f"{st.st_mtime_ns:x}-{st.st_size:x}"
+
+
 class FileStore(ObjectStore):
     """A local directory laid out like a bucket (tests, local mirrors, the default output).
 
@@ -549,14 +574,19 @@ class FileStore(ObjectStore):
             raise _os_error(exc, path) from exc
         if not os.path.isfile(path):
             return None
-        return ObjectInfo(size=st.st_size, etag=f"{st.st_mtime_ns:x}-{st.st_size:x}")
+        return ObjectInfo(size=st.st_size, etag=_file_etag(st))
 
-    def read_range(self, key: str, start: int, stop: int) -> bytes:
-        """pread() of ``[start, stop)``."""
+    def read_range(self, key: str, start: int, stop: int, *, etag: str | None = None
+                   ) -> bytes:
+        """pread() of ``[start, stop)``; with ``etag``, of that version of the file only."""
         path = self._path(key)
         _check_range(start, stop)
         try:
             with open(path, "rb") as fh:
+                # The open file is one version whatever renames follow: check that one.
+                if etag is not None and (now := _file_etag(os.fstat(fh.fileno()))) != etag:
+                    raise ObjectChanged(f"{path}: changed while being read (ETag {etag}, "
+                                        f"now {now})")
                 fh.seek(start)
                 return fh.read(stop - start)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:

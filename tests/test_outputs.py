@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ from s3_fault_proxy import S3FaultProxy
 
 from daemon import outputs
 from daemon.outputs import OutputStore
-from lambda_sep.storage import open_store, s3_client
+from lambda_sep.storage import FileStore, open_store, s3_client
 
 
 def _key(dataset: str) -> str:
@@ -176,3 +177,51 @@ def test_reconcile_settles_page_by_page(tmp_path: Path) -> None:
         d: {"catalog": "done", "error": "failed", None: "dispatched"}[k]
         for d, k in expected.items()}
     store.close()
+
+
+def _catalog_file(attempt: int, etag: str) -> bytes:
+    """A catalog whose extension header takes more than one read (INETAG early, ATTEMPT
+    last, as lambda_sep.catalog writes them, with 150 cards between)."""
+    table = fits.BinTableHDU.from_columns([fits.Column("x", "E", array=[1.0, 2.0])])
+    table.header["INETAG"] = etag
+    for i in range(150):
+        table.header[f"FILL{i}"] = (i, "a card between the input and the run")
+    table.header["ATTEMPT"] = attempt
+    data = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(data)
+    return data.getvalue()
+
+
+def test_a_catalog_replaced_while_its_header_is_read_is_read_again_whole(
+        tmp_path: Path) -> None:
+    """On a store without metadata the reconciler reads a catalog's header in several ranged
+    reads. A re-catalogue's new catalog renamed over the old one between two of them once
+    gave the old run's INETAG with the new run's ATTEMPT, and the dataset was marked done
+    with its old input ETag (test_freshness, under load). Now that pass finds no result,
+    and the next one reads the new catalog whole."""
+    url = f"file://{tmp_path}"
+    ds = "ib1a01001"
+    key = _key(ds)[: -len(".fits")] + "_sep.fits"
+    writer = open_store(url)
+    writer.put_atomic(key, _catalog_file(1, "old-input"))
+    reads: list[tuple[int, int]] = []
+
+    class Replaced(FileStore):
+        """The handler's put_atomic of generation 2 lands after the first header read."""
+
+        def read_range(self, k: str, start: int, stop: int, *, etag: str | None = None
+                       ) -> bytes:
+            reads.append((start, stop))
+            data = super().read_range(k, start, stop, etag=etag)
+            if len(reads) == 1:
+                time.sleep(0.05)  # the file's mtime (in its ETag) moves by clock ticks
+                writer.put_atomic(key, _catalog_file(2, "new-input"))
+            return data
+
+    store = OutputStore(url)
+    store._store = Replaced(str(tmp_path))
+    assert store.find(ds, _key(ds), 2) is None  # nothing mixed from two catalogs
+    assert len(reads) == 2  # the header took two reads, the second saw the swap
+    found = store.find(ds, _key(ds), 2)
+    assert found is not None
+    assert (found.kind, found.attempt, found.input_etag) == ("catalog", 2, "new-input")

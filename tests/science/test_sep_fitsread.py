@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from astropy.io import fits
 
 from lambda_sep.fitsread import BLOCK, ImageError, read_image
-from lambda_sep.storage import FileStore, open_store
+from lambda_sep.storage import FileStore, ObjectChanged, open_store
 from standin.flt import BROKEN_KINDS, make_broken_flt, make_flt
 
 
@@ -22,9 +23,10 @@ class RecordingStore(FileStore):
         super().__init__(root)
         self.calls: list[tuple[int, int]] = []
 
-    def read_range(self, key: str, start: int, stop: int) -> bytes:
+    def read_range(self, key: str, start: int, stop: int, *, etag: str | None = None
+                   ) -> bytes:
         self.calls.append((start, stop))
-        return super().read_range(key, start, stop)
+        return super().read_range(key, start, stop, etag=etag)
 
 
 def _layout(data: bytes) -> dict[str, tuple[int, int, int]]:
@@ -157,3 +159,25 @@ def test_object_shorter_than_its_head_size(exposure, tmp_path: Path) -> None:
     store = _store(tmp_path, exposure.data[: len(exposure.data) // 2])
     with pytest.raises(ImageError, match="truncated"):
         read_image(store, "x_flt.fits", len(exposure.data))
+
+
+def test_an_input_reprocessed_while_it_is_read_is_not_mixed(exposure, tmp_path: Path) -> None:
+    """read_image with the ETag of its first read: an exposure the archive replaces between
+    two of its ranged reads (a reprocessing) raises the retryable ObjectChanged instead of
+    decoding headers of one version with pixels of another."""
+    store = _store(tmp_path, exposure.data)
+    info = store.head("x_flt.fits")
+    assert info is not None
+    assert read_image(store, "x_flt.fits", info.size, etag=info.etag).sci.shape == (1014, 1014)
+
+    class Reprocessed(RecordingStore):
+        def read_range(self, key: str, start: int, stop: int, *, etag: str | None = None
+                       ) -> bytes:
+            if len(self.calls) == 1:  # after the first read, the new version lands
+                time.sleep(0.05)  # the file's mtime (in its ETag) moves by clock ticks
+                store.put_atomic(key, exposure.data[:BLOCK] + b" " + exposure.data[BLOCK + 1:])
+            return super().read_range(key, start, stop, etag=etag)
+
+    with pytest.raises(ObjectChanged, match="changed while being read") as caught:
+        read_image(Reprocessed(str(tmp_path)), "x_flt.fits", info.size, etag=info.etag)
+    assert caught.value.retryable

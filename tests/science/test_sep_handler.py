@@ -118,9 +118,10 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     calls: list[tuple[int, int]] = []
     real = FileStore.read_range
 
-    def recording(self: FileStore, k: str, start: int, stop: int) -> bytes:
+    def recording(self: FileStore, k: str, start: int, stop: int, *, etag: str | None = None
+                  ) -> bytes:
         calls.append((start, stop))
-        return real(self, k, start, stop)
+        return real(self, k, start, stop, etag=etag)
 
     monkeypatch.setattr(FileStore, "read_range", recording)
     return calls

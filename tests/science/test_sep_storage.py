@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from botocore.config import Config
 from lambda_sep import storage
 from lambda_sep.storage import (
     FileStore,
+    ObjectChanged,
     ObjectInfo,
     ObjectNotFound,
     ObjectStore,
@@ -414,3 +416,28 @@ def test_read_head_of_an_empty_object_and_of_nothing(store: ObjectStore) -> None
     store.put_atomic(key, b"SIMPLE")
     head, info = store.read_head(key, 0)  # type: ignore[misc]
     assert head == b"" and (info.size, info.etag) == (6, store.head(key).etag)
+
+
+def test_reads_of_one_version_refuse_another(store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    """``read_range(..., etag=)`` reads only the version the ETag names: an object replaced
+    between two reads of one file (an input reprocessed, a catalog re-made) raises the
+    retryable ObjectChanged, on S3 through If-Match (412), on a directory by the open
+    file's own ETag; the parts of a long read carry it too."""
+    monkeypatch.setattr(storage, "PART_BYTES", 1000)
+    key = "hst/public/icxe/icxe15wwq/icxe15wwq_flt.fits"
+    store.put_atomic(key, b"a" * 4500)
+    old = store.head(key)
+    assert old is not None
+    assert store.read_range(key, 0, 10, etag=old.etag) == b"a" * 10
+    assert store.read_range(key, 100, 4400, etag=old.etag) == b"a" * 4300
+    time.sleep(0.05)  # a directory's ETag has the file's mtime, which moves by clock ticks
+    store.put_atomic(key, b"b" * 4500)
+    for start, stop in ((0, 10), (100, 4400)):
+        with pytest.raises(ObjectChanged, match="changed while being read") as caught:
+            store.read_range(key, start, stop, etag=old.etag)
+        assert caught.value.retryable
+    new = store.head(key)
+    assert new is not None and new.etag != old.etag
+    assert store.read_range(key, 0, 10, etag=new.etag) == b"b" * 10
+    assert store.read_range(key, 0, 10) == b"b" * 10  # no ETag: not checked
